@@ -1,0 +1,41 @@
+# apikeys: PGXS build.
+#   make && make install    build and install into the PostgreSQL of PG_CONFIG
+#   make test               install what is missing, build, run every suite
+#   make demo               the same set-up, then a walk-through on a local cluster
+#   make installcheck       pg_regress against a running server that preloads apikeys
+
+EXTENSION = apikeys
+MODULE_big = apikeys
+OBJS = src/apikeys.o src/functions.o src/keyformat.o src/lookup.o src/scope_match.o
+DATA = apikeys--0.1.sql
+PG_CPPFLAGS = -I$(srcdir)/src
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
+
+REGRESS = key_format create validate scopes ip_allowlist revoke list rotate errors audit
+REGRESS_OPTS = --load-extension=pgcrypto --load-extension=apikeys
+
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+
+ifneq ($(wildcard $(PGXS)),)
+include $(PGXS)
+else
+# No server development files yet: only the targets that install them work.
+all install installcheck:
+	@echo "PostgreSQL 15 server development files not found: run 'make test' or 'make demo', which install them" >&2
+	@exit 1
+endif
+
+.PHONY: test demo demo-stop print-regress
+
+test:
+	bash test/run.sh
+
+demo:
+	bash examples/demo.sh
+
+demo-stop:
+	bash examples/demo.sh stop
+
+print-regress:
+	@echo $(REGRESS)

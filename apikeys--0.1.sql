@@ -1,0 +1,361 @@
+-- apikeys 0.1: API keys managed inside PostgreSQL.
+-- Reads top to bottom as the data model: tables, result types, functions
+-- grouped by what they serve, privileges last.  Every object is schema
+-- qualified; SECURITY DEFINER functions pin search_path.
+
+\echo Use "CREATE EXTENSION apikeys CASCADE" to load this file. \quit
+
+------------------------------------------------------------------------------
+-- Roles (cluster-wide, so created only when missing and left behind on DROP)
+------------------------------------------------------------------------------
+
+DO $roles$
+DECLARE
+	r text;
+BEGIN
+	FOREACH r IN ARRAY ARRAY['apikeys_admin', 'apikeys_validator', 'apikeys_anon'] LOOP
+		IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) r) THEN
+			EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+	END LOOP;
+END
+$roles$;
+
+------------------------------------------------------------------------------
+-- Tables
+------------------------------------------------------------------------------
+
+CREATE TABLE apikeys.scopes (
+	name		text CONSTRAINT scopes_pkey PRIMARY KEY
+				CHECK (name OPERATOR(pg_catalog.~) '^[A-Za-z0-9_.:-]{1,64}$'),
+	permissions	text[] NOT NULL,
+	description	text
+);
+COMMENT ON TABLE apikeys.scopes IS
+	'Named sets of permission patterns ("resource:action", "*" matching one whole segment, "*" alone matching everything) that a key can carry';
+
+INSERT INTO apikeys.scopes (name, permissions, description) VALUES
+	('full', '{*}', 'Every permission'),
+	('verify', '{verify:*}', 'Every action on the verify resource'),
+	('lists', '{lists:*}', 'Every action on the lists resource'),
+	('read-only', '{*:read}', 'The read action on every resource');
+
+CREATE TABLE apikeys.keys (
+	id				text PRIMARY KEY
+					CHECK (id OPERATOR(pg_catalog.~) '^key_[0-9A-Za-z]+$'),
+	owner			text NOT NULL,
+	name			text NOT NULL,
+	prefix			text NOT NULL,
+	last4			text NOT NULL,
+	digest			bytea NOT NULL CONSTRAINT keys_digest_key UNIQUE
+					CHECK (pg_catalog.length(digest) OPERATOR(pg_catalog.=) 32),
+	scope			text NOT NULL REFERENCES apikeys.scopes (name) ON UPDATE CASCADE,
+	ip_restrictions	cidr[] NOT NULL DEFAULT '{}',
+	metadata		jsonb NOT NULL DEFAULT '{}',
+	lifetime_days	integer CHECK (lifetime_days BETWEEN 1 AND 365),
+	expires_at		timestamptz,
+	created_at		timestamptz NOT NULL,
+	revoked_at		timestamptz,
+	last_used_at	timestamptz,
+	rotated_from	text REFERENCES apikeys.keys (id)
+);
+CREATE INDEX keys_owner_created_idx ON apikeys.keys (owner, created_at DESC);
+COMMENT ON TABLE apikeys.keys IS
+	'One row per API key; only the SHA-256 digest of the key is stored, never the key';
+COMMENT ON COLUMN apikeys.keys.digest IS
+	'SHA-256 of the whole key text, equal to pgcrypto''s digest(key, ''sha256'')';
+COMMENT ON COLUMN apikeys.keys.last4 IS 'The last four characters of the key, for display';
+COMMENT ON COLUMN apikeys.keys.lifetime_days IS
+	'The expires_in_days the key was created with (NULL: never expires); rotation gives the successor the same lifetime';
+COMMENT ON COLUMN apikeys.keys.rotated_from IS 'The key this one replaced through apikey_rotate';
+
+CREATE TABLE apikeys.audit (
+	event_id	bigserial PRIMARY KEY,
+	at			timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	key_id		text NOT NULL,
+	owner		text NOT NULL,
+	event		text NOT NULL
+				CHECK (event OPERATOR(pg_catalog.=) ANY ('{created,revoked,rotated,expired}')),
+	actor		text NOT NULL DEFAULT SESSION_USER,
+	detail		jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_key_idx ON apikeys.audit (key_id, at);
+COMMENT ON TABLE apikeys.audit IS
+	'Append-only record of every state change of a key: created, revoked, rotated, expired';
+
+CREATE FUNCTION apikeys.audit_append_only()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RAISE EXCEPTION 'apikeys.audit is append-only'
+		USING ERRCODE = 'insufficient_privilege',
+			  DETAIL = pg_catalog.format('%s on apikeys.audit is not allowed.', TG_OP);
+END
+$$;
+COMMENT ON FUNCTION apikeys.audit_append_only() IS
+	'Trigger function refusing UPDATE, DELETE and TRUNCATE on apikeys.audit';
+
+CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON apikeys.audit
+	FOR EACH ROW EXECUTE FUNCTION apikeys.audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON apikeys.audit
+	FOR EACH STATEMENT EXECUTE FUNCTION apikeys.audit_append_only();
+
+-- pg_dump keeps user data of extension tables only when asked to.  Shipped
+-- scopes are part of the script, so only scopes added later are dumped.
+SELECT pg_catalog.pg_extension_config_dump('apikeys.scopes',
+	$$WHERE name OPERATOR(pg_catalog.<>) ALL ('{full,verify,lists,read-only}')$$);
+SELECT pg_catalog.pg_extension_config_dump('apikeys.keys', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.audit', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.audit_event_id_seq', '');
+
+------------------------------------------------------------------------------
+-- Result types
+------------------------------------------------------------------------------
+
+CREATE TYPE apikeys.new_key AS (
+	id				text,
+	name			text,
+	prefix			text,
+	key				text,
+	scope			text,
+	ip_restrictions	cidr[],
+	expires_at		timestamptz,
+	created_at		timestamptz,
+	warning			text
+);
+COMMENT ON TYPE apikeys.new_key IS
+	'What apikey_create and apikey_rotate return: the only place a key''s plaintext is ever shown';
+
+CREATE TYPE apikeys.validation AS (
+	valid		boolean,
+	code		text,
+	key_id		text,
+	owner		text,
+	name		text,
+	scope		text,
+	expires_at	timestamptz,
+	metadata	jsonb
+);
+COMMENT ON TYPE apikeys.validation IS
+	'What apikey_validate returns: the outcome code and, for a known key, who it belongs to';
+
+------------------------------------------------------------------------------
+-- Internal helpers
+------------------------------------------------------------------------------
+
+CREATE FUNCTION apikeys._assert_preloaded()
+RETURNS void
+LANGUAGE C STABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'apikeys_assert_preloaded';
+COMMENT ON FUNCTION apikeys._assert_preloaded() IS
+	'Raises 55000 unless the apikeys library was loaded through shared_preload_libraries';
+
+-- The C entry point of apikey_create, with the predecessor's id when rotating.
+CREATE FUNCTION apikeys._create_key(owner text, name text, scope text,
+	ip_restrictions cidr[], expires_in_days integer, prefix text,
+	metadata jsonb, rotated_from text)
+RETURNS apikeys.new_key
+LANGUAGE C VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'apikey_create';
+COMMENT ON FUNCTION apikeys._create_key(text, text, text, cidr[], integer, text, jsonb, text) IS
+	'Internal: apikey_create with the id of the key being rotated';
+
+-- Raises 22023 unless txt is a non-empty string.
+CREATE FUNCTION apikeys._require_text(argname text, txt text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF txt IS NULL OR pg_catalog.btrim(txt) OPERATOR(pg_catalog.=) '' THEN
+		RAISE EXCEPTION '% must not be null or empty', argname
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys._require_text(text, text) IS
+	'Internal: raises 22023 when a required text argument is NULL or blank';
+
+------------------------------------------------------------------------------
+-- Key lifecycle
+------------------------------------------------------------------------------
+
+CREATE FUNCTION apikeys.apikey_create(owner text, name text,
+	scope text DEFAULT 'full',
+	ip_restrictions cidr[] DEFAULT '{}',
+	expires_in_days integer DEFAULT NULL,
+	prefix text DEFAULT NULL,
+	metadata jsonb DEFAULT '{}')
+RETURNS apikeys.new_key
+LANGUAGE C VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'apikey_create';
+COMMENT ON FUNCTION apikeys.apikey_create(text, text, text, cidr[], integer, text, jsonb) IS
+	'Mints a key for owner and returns it once; only its SHA-256 digest is stored';
+
+CREATE FUNCTION apikeys.apikey_validate(key text, permission text DEFAULT NULL,
+	client_ip inet DEFAULT NULL)
+RETURNS apikeys.validation
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'apikey_validate';
+COMMENT ON FUNCTION apikeys.apikey_validate(text, text, inet) IS
+	'Checks a key (format, existence, revoked, expired, IP, permission) and returns one outcome row; writes nothing';
+
+CREATE FUNCTION apikeys.apikey_revoke(id text, owner text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k apikeys.keys;
+BEGIN
+	PERFORM apikeys._assert_preloaded();
+	PERFORM apikeys._require_text('id', apikey_revoke.id);
+	IF apikey_revoke.owner IS NOT NULL THEN
+		PERFORM apikeys._require_text('owner', apikey_revoke.owner);
+	END IF;
+
+	SELECT * INTO k FROM apikeys.keys AS t
+	 WHERE t.id OPERATOR(pg_catalog.=) apikey_revoke.id
+	   FOR UPDATE;
+	IF NOT FOUND OR k.owner OPERATOR(pg_catalog.<>) pg_catalog.coalesce(apikey_revoke.owner, k.owner) THEN
+		RAISE EXCEPTION 'api key "%" does not exist', apikey_revoke.id
+			USING ERRCODE = 'no_data_found';
+	END IF;
+	IF k.revoked_at IS NOT NULL THEN
+		RETURN false;
+	END IF;
+
+	UPDATE apikeys.keys AS t SET revoked_at = pg_catalog.clock_timestamp()
+	 WHERE t.id OPERATOR(pg_catalog.=) k.id;
+	INSERT INTO apikeys.audit (key_id, owner, event, detail)
+	VALUES (k.id, k.owner, 'revoked',
+			pg_catalog.jsonb_build_object('name', k.name,
+				'was_expired', k.expires_at OPERATOR(pg_catalog.<=) pg_catalog.statement_timestamp()));
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION apikeys.apikey_revoke(text, text) IS
+	'Revokes a key for good: true if this call revoked it, false if it already was; P0002 for an unknown id or another owner''s';
+
+CREATE FUNCTION apikeys.apikey_list(owner text)
+RETURNS TABLE (id text, name text, prefix text, last4 text, scope text,
+			   ip_restrictions cidr[], expires_at timestamptz,
+			   last_used_at timestamptz, created_at timestamptz,
+			   is_revoked boolean, status text)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM apikeys._assert_preloaded();
+	PERFORM apikeys._require_text('owner', apikey_list.owner);
+	RETURN QUERY
+	SELECT k.id, k.name, k.prefix, k.last4, k.scope, k.ip_restrictions,
+		   k.expires_at, k.last_used_at, k.created_at,
+		   k.revoked_at IS NOT NULL,
+		   CASE
+			   WHEN k.revoked_at IS NOT NULL THEN 'revoked'
+			   WHEN k.expires_at OPERATOR(pg_catalog.<=) pg_catalog.statement_timestamp() THEN 'expired'
+			   ELSE 'active'
+		   END
+	  FROM apikeys.keys AS k
+	 WHERE k.owner OPERATOR(pg_catalog.=) apikey_list.owner
+	 ORDER BY k.created_at DESC, k.id DESC;
+END
+$$;
+COMMENT ON FUNCTION apikeys.apikey_list(text) IS
+	'Lists an owner''s keys, newest first, with status as of this statement and no key material beyond last4';
+
+CREATE FUNCTION apikeys.apikey_rotate(id text, grace interval DEFAULT '0',
+	owner text DEFAULT NULL)
+RETURNS apikeys.new_key
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k apikeys.keys;
+	successor apikeys.new_key;
+	old_until timestamptz;
+BEGIN
+	PERFORM apikeys._assert_preloaded();
+	PERFORM apikeys._require_text('id', apikey_rotate.id);
+	IF apikey_rotate.owner IS NOT NULL THEN
+		PERFORM apikeys._require_text('owner', apikey_rotate.owner);
+	END IF;
+	IF grace IS NULL OR grace OPERATOR(pg_catalog.<) interval '0'
+	   OR grace OPERATOR(pg_catalog.>) interval '7 days' THEN
+		RAISE EXCEPTION 'grace must be between 0 and 7 days'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.format('The grace given was %s.', pg_catalog.coalesce(grace::text, 'NULL'));
+	END IF;
+
+	SELECT * INTO k FROM apikeys.keys AS t
+	 WHERE t.id OPERATOR(pg_catalog.=) apikey_rotate.id
+	   FOR UPDATE;
+	IF NOT FOUND OR k.owner OPERATOR(pg_catalog.<>) pg_catalog.coalesce(apikey_rotate.owner, k.owner) THEN
+		RAISE EXCEPTION 'api key "%" does not exist', apikey_rotate.id
+			USING ERRCODE = 'no_data_found';
+	END IF;
+	IF k.revoked_at IS NOT NULL THEN
+		RAISE EXCEPTION 'api key "%" is revoked and cannot be rotated', k.id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	IF k.expires_at OPERATOR(pg_catalog.<=) pg_catalog.statement_timestamp() THEN
+		RAISE EXCEPTION 'api key "%" is expired and cannot be rotated', k.id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+
+	successor := apikeys._create_key(k.owner, k.name, k.scope, k.ip_restrictions,
+									 k.lifetime_days, k.prefix, k.metadata, k.id);
+
+	old_until := successor.created_at OPERATOR(pg_catalog.+) grace;
+	IF k.expires_at IS NOT NULL AND k.expires_at OPERATOR(pg_catalog.<) old_until THEN
+		old_until := k.expires_at;
+	END IF;
+	UPDATE apikeys.keys AS t SET expires_at = old_until
+	 WHERE t.id OPERATOR(pg_catalog.=) k.id;
+	INSERT INTO apikeys.audit (key_id, owner, event, detail)
+	VALUES (k.id, k.owner, 'rotated',
+			pg_catalog.jsonb_build_object('successor', successor.id,
+										  'grace', grace::text,
+										  'expires_at', old_until));
+	RETURN successor;
+END
+$$;
+COMMENT ON FUNCTION apikeys.apikey_rotate(text, interval, text) IS
+	'Mints a successor with the same owner, name, scope, IPs, prefix, metadata and lifetime; the old key stays valid for grace (0 to 7 days)';
+
+------------------------------------------------------------------------------
+-- Privileges: nothing for PUBLIC; admin manages, validator validates, anon
+-- reaches only the HTTP schema.
+------------------------------------------------------------------------------
+
+CREATE SCHEMA apikeys_api;
+COMMENT ON SCHEMA apikeys_api IS
+	'The HTTP API exposed through PostgREST; reachable by apikeys_anon only';
+
+REVOKE ALL ON SCHEMA apikeys FROM PUBLIC;
+REVOKE ALL ON SCHEMA apikeys_api FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA apikeys FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA apikeys FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA apikeys FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA apikeys TO apikeys_admin, apikeys_validator;
+GRANT USAGE ON SCHEMA apikeys_api TO apikeys_anon;
+
+GRANT EXECUTE ON FUNCTION
+	apikeys.apikey_create(text, text, text, cidr[], integer, text, jsonb),
+	apikeys.apikey_validate(text, text, inet),
+	apikeys.apikey_revoke(text, text),
+	apikeys.apikey_list(text),
+	apikeys.apikey_rotate(text, interval, text)
+TO apikeys_admin;
+GRANT EXECUTE ON FUNCTION apikeys.apikey_validate(text, text, inet) TO apikeys_validator;
+
+-- Neither table holds key material: administrators manage scopes and read
+-- the audit trail directly.
+GRANT SELECT, INSERT, UPDATE, DELETE ON apikeys.scopes TO apikeys_admin;
+GRANT SELECT ON apikeys.audit TO apikeys_admin;

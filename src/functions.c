@@ -1,0 +1,453 @@
+/*
+ * functions.c
+ *		SQL-callable entry points written in C: apikey_create, apikey_validate.
+ *
+ * apikey_create runs as SECURITY DEFINER with a pinned search_path and
+ * writes through SPI, so the key row and its audit event commit or roll back
+ * together.  The plaintext key exists only in this backend's memory and in
+ * the returned row: it is never passed to SPI, logged or put in a message.
+ *
+ * apikey_validate answers every key with an outcome row, never an error, and
+ * writes nothing: it reads through lookup.c under the statement's snapshot.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/inet.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "apikeys.h"
+#include "keyformat.h"
+#include "lookup.h"
+#include "scope_match.h"
+
+PG_FUNCTION_INFO_V1(apikey_create);
+PG_FUNCTION_INFO_V1(apikey_validate);
+
+#define MAX_NAME_CHARS		200
+#define MAX_LIFETIME_DAYS	365
+#define CREATE_WARNING \
+	"Store this key now: it is shown only once and cannot be recovered."
+
+/* Outcome codes of apikey_validate, in the order the checks run. */
+typedef enum Outcome
+{
+	OUTCOME_VALID,
+	OUTCOME_MALFORMED,
+	OUTCOME_NOT_FOUND,
+	OUTCOME_REVOKED,
+	OUTCOME_EXPIRED,
+	OUTCOME_IP_NOT_ALLOWED,
+	OUTCOME_INSUFFICIENT_SCOPE
+} Outcome;
+
+static const char *const outcome_codes[] = {
+	"valid", "malformed", "not_found", "revoked", "expired",
+	"ip_not_allowed", "insufficient_scope"
+};
+
+/* ----------------------------------------------------------------------
+ * apikey_create
+ * ----------------------------------------------------------------------
+ */
+
+/* Raises 22023 naming argname. */
+static void
+invalid_argument(const char *argname, const char *problem, const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s %s", argname, problem),
+			 detail ? errdetail("%s", detail) : 0));
+}
+
+/* Argument argno as text: not NULL, not blank, at most MAX_NAME_CHARS characters. */
+static text *
+required_name(FunctionCallInfo fcinfo, int argno, const char *argname)
+{
+	text	   *t;
+	const char *s;
+	int			len;
+	bool		blank = true;
+
+	if (PG_ARGISNULL(argno))
+		invalid_argument(argname, "must not be null or empty", NULL);
+	t = PG_GETARG_TEXT_PP(argno);
+	s = VARDATA_ANY(t);
+	len = VARSIZE_ANY_EXHDR(t);
+	for (int i = 0; i < len && blank; i++)
+		blank = (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r');
+	if (blank)
+		invalid_argument(argname, "must not be null or empty", NULL);
+	if (pg_mbstrlen_with_len(s, len) > MAX_NAME_CHARS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be at most %d characters long", argname, MAX_NAME_CHARS),
+				 errdetail("The %s given is %d characters long.", argname,
+						   pg_mbstrlen_with_len(s, len))));
+	return t;
+}
+
+/* The ip_restrictions argument as a one-dimensional cidr[] without NULLs. */
+static ArrayType *
+ip_restrictions_arg(FunctionCallInfo fcinfo, int argno)
+{
+	ArrayType  *arr;
+
+	if (PG_ARGISNULL(argno))
+		return construct_empty_array(CIDROID);
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(arr) > 1)
+		invalid_argument("ip_restrictions", "must be a one-dimensional array", NULL);
+	if (array_contains_nulls(arr))
+		invalid_argument("ip_restrictions", "must not contain null elements", NULL);
+	return arr;
+}
+
+/* Fills out with n uniformly random base62 characters. */
+static void
+random_base62(char *out, size_t n)
+{
+	uint8		bytes[64];
+
+	for (;;)
+	{
+		if (!pg_strong_random(bytes, sizeof(bytes)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate random bytes for an api key")));
+		if (base62_from_random(bytes, sizeof(bytes), out, n, NULL) >= 0)
+			break;
+	}
+	explicit_bzero(bytes, sizeof(bytes));
+}
+
+/* Raises 22023 for an unknown scope, listing the valid ones (SPI connected). */
+static void
+check_scope_exists(Datum scope)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1] = {scope};
+	char	   *valid = NULL;
+
+	if (SPI_execute_with_args("SELECT FROM apikeys.scopes s"
+							  " WHERE s.name OPERATOR(pg_catalog.=) $1",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up scope");
+	if (SPI_processed > 0)
+		return;
+
+	if (SPI_execute("SELECT pg_catalog.string_agg(s.name, ', ' ORDER BY s.name)"
+					" FROM apikeys.scopes s", true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+		valid = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown scope \"%s\" (valid scopes: %s)",
+					TextDatumGetCString(scope), valid ? valid : "none"),
+			 errhint("Add a scope with INSERT INTO apikeys.scopes (name, permissions).")));
+}
+
+/*
+ * apikey_create(owner, name, scope, ip_restrictions, expires_in_days, prefix,
+ *				 metadata [, rotated_from]) returns apikeys.new_key
+ *
+ * The optional eighth argument is how apikey_rotate links the successor to
+ * the key it replaces.
+ */
+Datum
+apikey_create(PG_FUNCTION_ARGS)
+{
+	text	   *owner;
+	text	   *name;
+	Datum		scope;
+	ArrayType  *ips;
+	bool		never_expires = PG_ARGISNULL(4);
+	int32		lifetime_days = never_expires ? 0 : PG_GETARG_INT32(4);
+	const char *prefix;
+	Jsonb	   *metadata;
+	bool		has_predecessor = PG_NARGS() > 7 && !PG_ARGISNULL(7);
+	char		random_chars[APIKEY_RANDOM_CHARS];
+	char		key[APIKEY_MAX_LEN + 1];
+	size_t		keylen;
+	char		id[APIKEY_ID_LEN + 1];
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	bytea	   *digest_datum;
+	TimestampTz created_at = GetCurrentTimestamp();
+	TimestampTz expires_at = 0;
+	TupleDesc	tupdesc;
+	Datum		values[9];
+	bool		nulls[9] = {false};
+
+	apikeys_require_preload();
+
+	owner = required_name(fcinfo, 0, "owner");
+	name = required_name(fcinfo, 1, "name");
+	if (PG_ARGISNULL(2) || VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(2)) == 0)
+		invalid_argument("scope", "must not be null or empty", NULL);
+	scope = PG_GETARG_DATUM(2);
+	ips = ip_restrictions_arg(fcinfo, 3);
+	if (!never_expires && (lifetime_days < 1 || lifetime_days > MAX_LIFETIME_DAYS))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("expires_in_days must be between 1 and %d, or NULL for a key that never expires",
+						MAX_LIFETIME_DAYS),
+				 errdetail("The value given was %d.", lifetime_days)));
+
+	if (PG_ARGISNULL(5))
+		prefix = apikeys_default_prefix;
+	else
+	{
+		text	   *p = PG_GETARG_TEXT_PP(5);
+
+		if (!apikey_prefix_is_valid(VARDATA_ANY(p), VARSIZE_ANY_EXHDR(p)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid key prefix"),
+					 errdetail("A key prefix is 1 to %d characters of a-z, 0-9 and underscore.",
+							   APIKEY_PREFIX_MAX)));
+		prefix = text_to_cstring(p);
+	}
+
+	if (PG_ARGISNULL(6))
+		metadata = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	else
+	{
+		metadata = PG_GETARG_JSONB_P(6);
+		if (!JB_ROOT_IS_OBJECT(metadata) || JB_ROOT_IS_SCALAR(metadata))
+			invalid_argument("metadata", "must be a JSON object", NULL);
+	}
+
+	if (!never_expires)
+		expires_at = created_at + (TimestampTz) lifetime_days * USECS_PER_DAY;
+
+	/* mint: the key, its digest and a public id */
+	random_base62(random_chars, APIKEY_RANDOM_CHARS);
+	keylen = apikey_assemble(prefix, strlen(prefix), random_chars, key);
+	explicit_bzero(random_chars, sizeof(random_chars));
+	apikey_digest(key, keylen, digest);
+	digest_datum = palloc(VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
+	SET_VARSIZE(digest_datum, VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
+	memcpy(VARDATA(digest_datum), digest, PG_SHA256_DIGEST_LENGTH);
+	memcpy(id, APIKEY_ID_TAG, strlen(APIKEY_ID_TAG));
+	random_base62(id + strlen(APIKEY_ID_TAG), APIKEY_ID_RANDOM_CHARS);
+	id[APIKEY_ID_LEN] = '\0';
+
+	/* store the row and its audit event in one statement */
+	SPI_connect();
+	check_scope_exists(scope);
+	{
+		Oid			argtypes[13] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+									BYTEAOID, TEXTOID, CIDRARRAYOID, JSONBOID,
+									INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID};
+		Datum		args[13];
+		char		argnulls[13];
+
+		memset(argnulls, ' ', sizeof(argnulls));
+		args[0] = CStringGetTextDatum(id);
+		args[1] = PointerGetDatum(owner);
+		args[2] = PointerGetDatum(name);
+		args[3] = CStringGetTextDatum(prefix);
+		args[4] = PointerGetDatum(cstring_to_text_with_len(key + keylen - 4, 4));
+		args[5] = PointerGetDatum(digest_datum);
+		args[6] = scope;
+		args[7] = PointerGetDatum(ips);
+		args[8] = JsonbPGetDatum(metadata);
+		args[9] = Int32GetDatum(lifetime_days);
+		args[10] = TimestampTzGetDatum(expires_at);
+		args[11] = TimestampTzGetDatum(created_at);
+		args[12] = has_predecessor ? PG_GETARG_DATUM(7) : (Datum) 0;
+		if (never_expires)
+			argnulls[9] = argnulls[10] = 'n';
+		if (!has_predecessor)
+			argnulls[12] = 'n';
+
+		if (SPI_execute_with_args(
+								  "WITH k AS ("
+								  " INSERT INTO apikeys.keys (id, owner, name, prefix, last4, digest,"
+								  "  scope, ip_restrictions, metadata, lifetime_days, expires_at,"
+								  "  created_at, rotated_from)"
+								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+								  " RETURNING *)"
+								  " INSERT INTO apikeys.audit (at, key_id, owner, event, detail)"
+								  " SELECT k.created_at, k.id, k.owner, 'created',"
+								  "  pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
+								  "   'name', k.name, 'scope', k.scope, 'prefix', k.prefix,"
+								  "   'expires_at', k.expires_at, 'ip_restrictions', k.ip_restrictions,"
+								  "   'rotated_from', k.rotated_from))"
+								  " FROM k",
+								  13, argtypes, args, argnulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not store the new api key");
+	}
+	SPI_finish();
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	values[0] = CStringGetTextDatum(id);
+	values[1] = PointerGetDatum(name);
+	values[2] = CStringGetTextDatum(prefix);
+	values[3] = PointerGetDatum(cstring_to_text_with_len(key, keylen));
+	values[4] = scope;
+	values[5] = PointerGetDatum(ips);
+	values[6] = TimestampTzGetDatum(expires_at);
+	nulls[6] = never_expires;
+	values[7] = TimestampTzGetDatum(created_at);
+	values[8] = CStringGetTextDatum(CREATE_WARNING);
+	explicit_bzero(key, sizeof(key));
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
+}
+
+/* ----------------------------------------------------------------------
+ * apikey_validate
+ * ----------------------------------------------------------------------
+ */
+
+/* The address to check: the client_ip argument, else the connection's; false if unknown. */
+static bool
+client_address(FunctionCallInfo fcinfo, Datum *addr)
+{
+	LOCAL_FCINFO(inner, 0);
+	Datum		d;
+
+	if (!PG_ARGISNULL(2))
+	{
+		*addr = PG_GETARG_DATUM(2);
+		return true;
+	}
+	InitFunctionCallInfoData(*inner, NULL, 0, InvalidOid, NULL, NULL);
+	d = inet_client_addr(inner);
+	if (inner->isnull)
+		return false;
+	*addr = d;
+	return true;
+}
+
+/* True if addr falls inside one of the networks. */
+static bool
+address_allowed(Datum addr, ArrayType *networks)
+{
+	Datum	   *elems;
+	int			n;
+
+	deconstruct_array(networks, CIDROID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
+	for (int i = 0; i < n; i++)
+		if (DatumGetBool(DirectFunctionCall2(network_subeq, addr, elems[i])))
+			return true;
+	return false;
+}
+
+/* True if one of the scope's patterns grants permission. */
+static bool
+permission_granted(Datum scope, text *permission)
+{
+	ArrayType  *patterns = scope_permissions(scope);
+	Datum	   *elems;
+	bool	   *elemnulls;
+	int			n;
+
+	if (patterns == NULL)
+		return false;
+	deconstruct_array(patterns, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elemnulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		text	   *pattern;
+
+		if (elemnulls[i])
+			continue;
+		pattern = DatumGetTextPP(elems[i]);
+		if (scope_pattern_grants(VARDATA_ANY(pattern), VARSIZE_ANY_EXHDR(pattern),
+								 VARDATA_ANY(permission), VARSIZE_ANY_EXHDR(permission)))
+			return true;
+	}
+	return false;
+}
+
+/* Forms the apikeys.validation row for outcome, with the key's details if known. */
+static Datum
+validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row)
+{
+	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	Datum		values[8];
+	bool		nulls[8] = {false};
+
+	if (tupdesc == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		fcinfo->flinfo->fn_extra = tupdesc;
+		MemoryContextSwitchTo(old);
+	}
+
+	values[0] = BoolGetDatum(outcome == OUTCOME_VALID);
+	values[1] = CStringGetTextDatum(outcome_codes[outcome]);
+	if (row == NULL)
+	{
+		for (int i = 2; i < 8; i++)
+			nulls[i] = true;
+	}
+	else
+	{
+		values[2] = row->id;
+		values[3] = row->owner;
+		values[4] = row->name;
+		values[5] = row->scope;
+		values[6] = TimestampTzGetDatum(row->expires_at);
+		nulls[6] = !row->has_expiry;
+		values[7] = JsonbPGetDatum(row->metadata);
+		nulls[7] = (row->metadata == NULL);
+	}
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+}
+
+/*
+ * apikey_validate(key, permission, client_ip) returns apikeys.validation
+ *
+ * Checks run in the contract's order: format, existence, revoked, expired,
+ * IP allowlist, permission.  Expiry is judged by expires_at against the
+ * statement's start time, whether or not the worker has marked the key.
+ */
+Datum
+apikey_validate(PG_FUNCTION_ARGS)
+{
+	text	   *key;
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	KeyRow		row;
+	Datum		addr;
+
+	apikeys_require_preload();
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_MALFORMED, NULL));
+	key = PG_GETARG_TEXT_PP(0);
+	if (!apikey_parse(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), NULL))
+		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_MALFORMED, NULL));
+
+	apikey_digest(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), digest);
+	if (!apikey_lookup(digest, &row))
+		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_NOT_FOUND, NULL));
+
+	if (row.revoked)
+		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_REVOKED, &row));
+	if (row.has_expiry && row.expires_at <= GetCurrentStatementStartTimestamp())
+		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_EXPIRED, &row));
+	if (row.ip_restrictions != NULL && ArrayGetNItems(ARR_NDIM(row.ip_restrictions),
+													  ARR_DIMS(row.ip_restrictions)) > 0 &&
+		(!client_address(fcinfo, &addr) || !address_allowed(addr, row.ip_restrictions)))
+		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_IP_NOT_ALLOWED, &row));
+	if (!PG_ARGISNULL(1) && !permission_granted(row.scope, PG_GETARG_TEXT_PP(1)))
+		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_INSUFFICIENT_SCOPE, &row));
+
+	PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_VALID, &row));
+}
