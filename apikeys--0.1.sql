@@ -221,7 +221,8 @@ BEGIN
 	SELECT * INTO k FROM apikeys.keys AS t
 	 WHERE t.id OPERATOR(pg_catalog.=) apikey_revoke.id
 	   FOR UPDATE;
-	IF NOT FOUND OR k.owner OPERATOR(pg_catalog.<>) pg_catalog.coalesce(apikey_revoke.owner, k.owner) THEN
+	IF NOT FOUND OR (apikey_revoke.owner IS NOT NULL AND
+					  k.owner OPERATOR(pg_catalog.<>) apikey_revoke.owner) THEN
 		RAISE EXCEPTION 'api key "%" does not exist', apikey_revoke.id
 			USING ERRCODE = 'no_data_found';
 	END IF;
@@ -289,13 +290,14 @@ BEGIN
 	   OR grace OPERATOR(pg_catalog.>) interval '7 days' THEN
 		RAISE EXCEPTION 'grace must be between 0 and 7 days'
 			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = pg_catalog.format('The grace given was %s.', pg_catalog.coalesce(grace::text, 'NULL'));
+				  DETAIL = pg_catalog.format('The grace given was %s.', COALESCE(grace::text, 'NULL'));
 	END IF;
 
 	SELECT * INTO k FROM apikeys.keys AS t
 	 WHERE t.id OPERATOR(pg_catalog.=) apikey_rotate.id
 	   FOR UPDATE;
-	IF NOT FOUND OR k.owner OPERATOR(pg_catalog.<>) pg_catalog.coalesce(apikey_rotate.owner, k.owner) THEN
+	IF NOT FOUND OR (apikey_rotate.owner IS NOT NULL AND
+					  k.owner OPERATOR(pg_catalog.<>) apikey_rotate.owner) THEN
 		RAISE EXCEPTION 'api key "%" does not exist', apikey_rotate.id
 			USING ERRCODE = 'no_data_found';
 	END IF;
