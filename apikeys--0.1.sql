@@ -42,7 +42,7 @@ INSERT INTO apikeys.scopes (name, permissions, description) VALUES
 
 CREATE TABLE apikeys.keys (
 	id				text PRIMARY KEY
-					CHECK (id OPERATOR(pg_catalog.~) '^key_[0-9A-Za-z]+$'),
+					CHECK (id OPERATOR(pg_catalog.~) '^key_[0-9A-Za-z]{16}$'),
 	owner			text NOT NULL,
 	name			text NOT NULL,
 	prefix			text NOT NULL,
@@ -56,10 +56,13 @@ CREATE TABLE apikeys.keys (
 	expires_at		timestamptz,
 	created_at		timestamptz NOT NULL,
 	revoked_at		timestamptz,
+	expired_at		timestamptz,
 	last_used_at	timestamptz,
 	rotated_from	text REFERENCES apikeys.keys (id)
 );
 CREATE INDEX keys_owner_created_idx ON apikeys.keys (owner, created_at DESC);
+CREATE INDEX keys_expiry_idx ON apikeys.keys (expires_at)
+	WHERE expired_at IS NULL AND revoked_at IS NULL;
 COMMENT ON TABLE apikeys.keys IS
 	'One row per API key; only the SHA-256 digest of the key is stored, never the key';
 COMMENT ON COLUMN apikeys.keys.digest IS
@@ -68,6 +71,23 @@ COMMENT ON COLUMN apikeys.keys.last4 IS 'The last four characters of the key, fo
 COMMENT ON COLUMN apikeys.keys.lifetime_days IS
 	'The expires_in_days the key was created with (NULL: never expires); rotation gives the successor the same lifetime';
 COMMENT ON COLUMN apikeys.keys.rotated_from IS 'The key this one replaced through apikey_rotate';
+COMMENT ON COLUMN apikeys.keys.expired_at IS
+	'When the background worker marked the key expired (validation refuses it from expires_at on regardless)';
+COMMENT ON COLUMN apikeys.keys.last_used_at IS
+	'The last valid validation, as of the last flush of the usage counters';
+
+CREATE TABLE apikeys.usage (
+	key_id		text NOT NULL,
+	day			date NOT NULL,
+	calls		bigint NOT NULL DEFAULT 0 CHECK (calls >= 0),
+	rejected	bigint NOT NULL DEFAULT 0 CHECK (rejected >= 0),
+	PRIMARY KEY (key_id, day)
+);
+COMMENT ON TABLE apikeys.usage IS
+	'Validations per key and UTC day, written by the background worker from the shared-memory counters';
+COMMENT ON COLUMN apikeys.usage.calls IS 'Validations of the key that returned valid';
+COMMENT ON COLUMN apikeys.usage.rejected IS
+	'Validations of the key that failed (revoked, expired, IP, scope)';
 
 CREATE TABLE apikeys.audit (
 	event_id	bigserial PRIMARY KEY,
@@ -108,6 +128,7 @@ SELECT pg_catalog.pg_extension_config_dump('apikeys.scopes',
 	$$WHERE name OPERATOR(pg_catalog.<>) ALL ('{full,verify,lists,read-only}')$$);
 SELECT pg_catalog.pg_extension_config_dump('apikeys.keys', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.audit', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.usage', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.audit_event_id_seq', '');
 
 ------------------------------------------------------------------------------
@@ -179,6 +200,30 @@ $$;
 COMMENT ON FUNCTION apikeys._require_text(text, text) IS
 	'Internal: raises 22023 when a required text argument is NULL or blank';
 
+-- Raises 22023 unless days is a window length of 1 to 90.
+CREATE FUNCTION apikeys._require_days(days integer)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF days IS NULL OR days OPERATOR(pg_catalog.<) 1 OR days OPERATOR(pg_catalog.>) 90 THEN
+		RAISE EXCEPTION 'days must be between 1 and 90'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.format('The value given was %s.', COALESCE(days::text, 'NULL'));
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys._require_days(integer) IS
+	'Internal: raises 22023 unless an analytics window is 1 to 90 days';
+
+CREATE FUNCTION apikeys._launch_worker()
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'apikeys_launch_worker';
+COMMENT ON FUNCTION apikeys._launch_worker() IS
+	'Internal: asks the launcher for this database''s worker when the calling transaction commits';
+
 ------------------------------------------------------------------------------
 -- Key lifecycle
 ------------------------------------------------------------------------------
@@ -220,7 +265,7 @@ BEGIN
 
 	SELECT * INTO k FROM apikeys.keys AS t
 	 WHERE t.id OPERATOR(pg_catalog.=) apikey_revoke.id
-	   FOR UPDATE;
+	   FOR NO KEY UPDATE;
 	IF NOT FOUND OR (apikey_revoke.owner IS NOT NULL AND
 					  k.owner OPERATOR(pg_catalog.<>) apikey_revoke.owner) THEN
 		RAISE EXCEPTION 'api key "%" does not exist', apikey_revoke.id
@@ -295,7 +340,7 @@ BEGIN
 
 	SELECT * INTO k FROM apikeys.keys AS t
 	 WHERE t.id OPERATOR(pg_catalog.=) apikey_rotate.id
-	   FOR UPDATE;
+	   FOR NO KEY UPDATE;
 	IF NOT FOUND OR (apikey_rotate.owner IS NOT NULL AND
 					  k.owner OPERATOR(pg_catalog.<>) apikey_rotate.owner) THEN
 		RAISE EXCEPTION 'api key "%" does not exist', apikey_rotate.id
@@ -331,6 +376,95 @@ COMMENT ON FUNCTION apikeys.apikey_rotate(text, interval, text) IS
 	'Mints a successor with the same owner, name, scope, IPs, prefix, metadata and lifetime; the old key stays valid for grace (0 to 7 days)';
 
 ------------------------------------------------------------------------------
+-- Usage and analytics: both read apikeys.usage, which the background worker
+-- fills from the shared-memory counters every apikeys.flush_interval, so the
+-- two always agree.  apikeys.flush_usage() makes the latest counts visible.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION apikeys.flush_usage()
+RETURNS boolean
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'apikeys_flush_usage';
+COMMENT ON FUNCTION apikeys.flush_usage() IS
+	'Has this database''s worker flush the usage counters now; true once the flush committed (waits up to 30 s)';
+
+CREATE FUNCTION apikeys.apikey_usage(owner text, days integer DEFAULT 30)
+RETURNS TABLE (key_id text, day date, calls bigint, rejected bigint)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	today date := pg_catalog.timezone('UTC', pg_catalog.now())::pg_catalog.date;
+BEGIN
+	PERFORM apikeys._assert_preloaded();
+	PERFORM apikeys._require_text('owner', apikey_usage.owner);
+	PERFORM apikeys._require_days(apikey_usage.days);
+	RETURN QUERY
+	SELECT u.key_id, u.day, u.calls, u.rejected
+	  FROM apikeys.keys AS k
+	  JOIN apikeys.usage AS u ON u.key_id OPERATOR(pg_catalog.=) k.id
+	 WHERE k.owner OPERATOR(pg_catalog.=) apikey_usage.owner
+	   AND u.day OPERATOR(pg_catalog.>) (today OPERATOR(pg_catalog.-) apikey_usage.days)
+	   AND u.day OPERATOR(pg_catalog.<=) today
+	 ORDER BY u.day DESC, u.key_id;
+END
+$$;
+COMMENT ON FUNCTION apikeys.apikey_usage(text, integer) IS
+	'Valid and rejected validations per key and UTC day over the last days (1 to 90) days, newest first';
+
+CREATE FUNCTION apikeys.apikey_analytics(owner text, days integer DEFAULT 30)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	today date := pg_catalog.timezone('UTC', pg_catalog.now())::pg_catalog.date;
+	result jsonb;
+BEGIN
+	PERFORM apikeys._assert_preloaded();
+	PERFORM apikeys._require_text('owner', apikey_analytics.owner);
+	PERFORM apikeys._require_days(apikey_analytics.days);
+
+	WITH k AS (
+		SELECT k.id, k.name, k.prefix, k.revoked_at IS NOT NULL AS is_revoked, k.created_at
+		  FROM apikeys.keys AS k
+		 WHERE k.owner OPERATOR(pg_catalog.=) apikey_analytics.owner),
+	u AS (
+		SELECT u.key_id, u.day, u.calls
+		  FROM k JOIN apikeys.usage AS u ON u.key_id OPERATOR(pg_catalog.=) k.id
+		 WHERE u.day OPERATOR(pg_catalog.>) (today OPERATOR(pg_catalog.-) apikey_analytics.days)
+		   AND u.day OPERATOR(pg_catalog.<=) today
+		   AND u.calls OPERATOR(pg_catalog.>) 0),
+	window_days AS (
+		SELECT today OPERATOR(pg_catalog.-) i AS day
+		  FROM pg_catalog.generate_series(0, apikey_analytics.days OPERATOR(pg_catalog.-) 1) AS i)
+	SELECT pg_catalog.jsonb_build_object(
+		'totalCalls', (SELECT COALESCE(pg_catalog.sum(u.calls), 0) FROM u),
+		'dailyUsage', (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+							'date', pg_catalog.to_char(w.day, 'YYYY-MM-DD'),
+							'count', (SELECT COALESCE(pg_catalog.sum(u.calls), 0) FROM u
+									   WHERE u.day OPERATOR(pg_catalog.=) w.day))
+						ORDER BY w.day DESC)
+						 FROM window_days AS w),
+		'keys', COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+							'keyId', k.id, 'name', k.name, 'prefix', k.prefix,
+							'isRevoked', k.is_revoked,
+							'totalCalls', (SELECT COALESCE(pg_catalog.sum(u.calls), 0) FROM u
+											WHERE u.key_id OPERATOR(pg_catalog.=) k.id),
+							'dailyUsage', COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+									'date', pg_catalog.to_char(u.day, 'YYYY-MM-DD'), 'count', u.calls)
+									ORDER BY u.day DESC)
+								  FROM u WHERE u.key_id OPERATOR(pg_catalog.=) k.id), '[]'))
+						ORDER BY k.created_at DESC, k.id DESC)
+						   FROM k), '[]'))
+	  INTO result;
+	RETURN result;
+END
+$$;
+COMMENT ON FUNCTION apikeys.apikey_analytics(text, integer) IS
+	'Valid calls of an owner''s keys over the last days (1 to 90) UTC days, as the HTTP API''s camelCase JSON';
+
+------------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC; admin manages, validator validates, anon
 -- reaches only the HTTP schema.
 ------------------------------------------------------------------------------
@@ -353,7 +487,10 @@ GRANT EXECUTE ON FUNCTION
 	apikeys.apikey_validate(text, text, inet),
 	apikeys.apikey_revoke(text, text),
 	apikeys.apikey_list(text),
-	apikeys.apikey_rotate(text, interval, text)
+	apikeys.apikey_rotate(text, interval, text),
+	apikeys.apikey_usage(text, integer),
+	apikeys.apikey_analytics(text, integer),
+	apikeys.flush_usage()
 TO apikeys_admin;
 GRANT EXECUTE ON FUNCTION apikeys.apikey_validate(text, text, inet) TO apikeys_validator;
 
@@ -361,3 +498,6 @@ GRANT EXECUTE ON FUNCTION apikeys.apikey_validate(text, text, inet) TO apikeys_v
 -- the audit trail directly.
 GRANT SELECT, INSERT, UPDATE, DELETE ON apikeys.scopes TO apikeys_admin;
 GRANT SELECT ON apikeys.audit TO apikeys_admin;
+
+-- This database gets its background worker once CREATE EXTENSION commits.
+SELECT apikeys._launch_worker();

@@ -1,20 +1,27 @@
 /*
  * apikeys.c
- *		Module initialisation: _PG_init, GUCs, the preload check.
+ *		Module initialisation: _PG_init, GUCs, shared memory hooks, the
+ *		preload check.
  *
  * The library must be listed in shared_preload_libraries, because usage
  * counters live in shared memory that only the postmaster can set aside.
- * When it is instead loaded on first use, _PG_init still defines the GUCs
- * (so SET works) but every SQL function refuses with 55000 and a hint.
+ * When it is instead loaded on first use, _PG_init still defines the
+ * session GUCs (so SET works) but every SQL function refuses with 55000 and
+ * a hint.  Under pg_upgrade (IsBinaryUpgrade) no worker is started.
  */
 #include "postgres.h"
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
 #include "utils/guc.h"
 
 #include "apikeys.h"
 #include "keyformat.h"
+#include "usage.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -22,6 +29,9 @@ char	   *apikeys_default_prefix = NULL;
 
 /* Set in the postmaster by _PG_init and inherited by every backend. */
 static bool apikeys_preloaded = false;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 void		_PG_init(void);
 
@@ -40,6 +50,62 @@ check_default_prefix(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/* Reserves shared memory and the two LWLocks (counters, worker slots). */
+static void
+apikeys_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(add_size(usage_shmem_size(), worker_shmem_size()));
+	RequestNamedLWLockTranche("apikeys", 2);
+}
+
+/* Attaches to (or creates) the shared state. */
+static void
+apikeys_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	usage_shmem_startup();
+	worker_shmem_startup();
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* The GUCs that only a preloaded library can honour. */
+static void
+define_server_gucs(void)
+{
+	DefineCustomIntVariable("apikeys.max_tracked_keys",
+							"Capacity of the shared-memory usage counters (key-days between flushes).",
+							"When full, validations wait for a flush instead of losing counts.",
+							&apikeys_max_tracked_keys,
+							10000, 100, 10000000,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("apikeys.flush_interval",
+							"Time between flushes of usage counters to apikeys.usage.",
+							"Also the most usage a crash can lose.",
+							&apikeys_flush_interval,
+							1000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("apikeys.expiry_interval",
+							"Time between passes that mark keys past expires_at as expired.",
+							"Validation refuses expired keys at once regardless.",
+							&apikeys_expiry_interval,
+							60, 1, 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("apikeys.usage_retention_days",
+							"Usage rows older than this many days are deleted.",
+							NULL,
+							&apikeys_usage_retention_days,
+							400, 90, 36500,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+}
+
 void
 _PG_init(void)
 {
@@ -52,10 +118,22 @@ _PG_init(void)
 							   0,
 							   check_default_prefix, NULL, NULL);
 
+	if (!process_shared_preload_libraries_in_progress)
+	{
+		MarkGUCPrefixReserved("apikeys");
+		return;
+	}
+
+	define_server_gucs();
 	MarkGUCPrefixReserved("apikeys");
 
-	if (!process_shared_preload_libraries_in_progress)
-		return;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = apikeys_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = apikeys_shmem_startup;
+	apikeys_install_utility_hook();
+	if (!IsBinaryUpgrade)
+		apikeys_register_launcher();
 
 	apikeys_preloaded = true;
 }

@@ -8,7 +8,8 @@
  * the returned row: it is never passed to SPI, logged or put in a message.
  *
  * apikey_validate answers every key with an outcome row, never an error, and
- * writes nothing: it reads through lookup.c under the statement's snapshot.
+ * writes nothing: it reads through lookup.c under the statement's snapshot
+ * and counts the call in shared memory (usage.c).
  */
 #include "postgres.h"
 
@@ -26,6 +27,7 @@
 #include "keyformat.h"
 #include "lookup.h"
 #include "scope_match.h"
+#include "usage.h"
 
 PG_FUNCTION_INFO_V1(apikey_create);
 PG_FUNCTION_INFO_V1(apikey_validate);
@@ -425,6 +427,8 @@ apikey_validate(PG_FUNCTION_ARGS)
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	KeyRow		row;
 	Datum		addr;
+	TimestampTz now;
+	Outcome		outcome;
 
 	apikeys_require_preload();
 
@@ -438,16 +442,22 @@ apikey_validate(PG_FUNCTION_ARGS)
 	if (!apikey_lookup(digest, &row))
 		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_NOT_FOUND, NULL));
 
+	now = GetCurrentStatementStartTimestamp();
 	if (row.revoked)
-		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_REVOKED, &row));
-	if (row.has_expiry && row.expires_at <= GetCurrentStatementStartTimestamp())
-		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_EXPIRED, &row));
-	if (row.ip_restrictions != NULL && ArrayGetNItems(ARR_NDIM(row.ip_restrictions),
-													  ARR_DIMS(row.ip_restrictions)) > 0 &&
-		(!client_address(fcinfo, &addr) || !address_allowed(addr, row.ip_restrictions)))
-		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_IP_NOT_ALLOWED, &row));
-	if (!PG_ARGISNULL(1) && !permission_granted(row.scope, PG_GETARG_TEXT_PP(1)))
-		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_INSUFFICIENT_SCOPE, &row));
+		outcome = OUTCOME_REVOKED;
+	else if (row.has_expiry && row.expires_at <= now)
+		outcome = OUTCOME_EXPIRED;
+	else if (row.ip_restrictions != NULL &&
+			 ArrayGetNItems(ARR_NDIM(row.ip_restrictions), ARR_DIMS(row.ip_restrictions)) > 0 &&
+			 (!client_address(fcinfo, &addr) || !address_allowed(addr, row.ip_restrictions)))
+		outcome = OUTCOME_IP_NOT_ALLOWED;
+	else if (!PG_ARGISNULL(1) && !permission_granted(row.scope, PG_GETARG_TEXT_PP(1)))
+		outcome = OUTCOME_INSUFFICIENT_SCOPE;
+	else
+		outcome = OUTCOME_VALID;
 
-	PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_VALID, &row));
+	/* every validation of a known key is counted, valid or rejected */
+	usage_count(row.keys_relid, row.id, outcome == OUTCOME_VALID, now);
+
+	PG_RETURN_DATUM(validation_result(fcinfo, outcome, &row));
 }

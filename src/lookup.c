@@ -134,6 +134,13 @@ catalog_load(void)
 	catalog.valid = true;
 }
 
+Oid
+apikeys_keys_relid(void)
+{
+	catalog_load();
+	return catalog.keys;
+}
+
 /* The snapshot a query in this statement would use. */
 static Snapshot
 statement_snapshot(void)
@@ -194,6 +201,7 @@ apikey_lookup(const uint8 digest[PG_SHA256_DIGEST_LENGTH], KeyRow *row)
 			timingsafe_bcmp(VARDATA_ANY(stored), digest, PG_SHA256_DIGEST_LENGTH) == 0)
 		{
 			found = true;
+			row->keys_relid = catalog.keys;
 			row->id = datumCopy(heap_getattr(tuple, catalog.k_id, desc, &isnull), false, -1);
 			row->owner = datumCopy(heap_getattr(tuple, catalog.k_owner, desc, &isnull), false, -1);
 			row->name = datumCopy(heap_getattr(tuple, catalog.k_name, desc, &isnull), false, -1);

@@ -14,6 +14,7 @@
 /* What validation needs of one row of apikeys.keys, copied out of the buffer. */
 typedef struct KeyRow
 {
+	Oid			keys_relid;		/* the table it came from */
 	Datum		id;				/* text */
 	Datum		owner;			/* text */
 	Datum		name;			/* text */
@@ -31,6 +32,9 @@ extern void apikey_digest(const char *key, size_t len,
 
 /* Finds the key with this digest under the active snapshot; false if none. */
 extern bool apikey_lookup(const uint8 digest[PG_SHA256_DIGEST_LENGTH], KeyRow *row);
+
+/* OID of apikeys.keys in this database (errors if the extension is missing). */
+extern Oid	apikeys_keys_relid(void);
 
 /* The permission patterns of scope (text datum) as a text[]; NULL if no such scope. */
 extern ArrayType *scope_permissions(Datum scope);

@@ -1,0 +1,532 @@
+/*
+ * usage.c
+ *		Usage counters in shared memory, so that validation never writes a row.
+ *
+ * One fixed-size hash table, sized by apikeys.max_tracked_keys, holds a
+ * counter entry per (database, keys table, UTC day, key id): valid calls,
+ * rejected calls and the last valid use.  The keys table's OID is part of
+ * the key so that counts of a dropped and re-created extension never mix.
+ *
+ * Locking protocol (lock = the "apikeys" tranche's first LWLock):
+ *	- To bump an existing entry: lock shared, find it, bump its atomics.
+ *	- To insert an entry: lock exclusive.  When the table holds
+ *	  max_tracked_keys entries, release, wake the workers, and sleep on the
+ *	  'room' condition variable until a flush has removed entries; the count
+ *	  is never dropped.
+ *	- To read counters for a flush, subtract what a flush wrote, or remove
+ *	  entries: lock exclusive (only the workers and the launcher do this).
+ *	  flushed_last_used and unmatched_since are read and written only under
+ *	  the exclusive lock.
+ *
+ * Durability: at postmaster shutdown (never after a crash) the counters not
+ * yet flushed are written to pg_stat/apikeys_usage.stat, and read back and
+ * the file removed when shared memory is next initialised.  After a crash
+ * the counts since the last flush are lost.
+ *
+ * On a hot standby nothing is counted: no worker can write there.
+ */
+#include "postgres.h"
+
+#include <unistd.h>
+
+#include "access/xlog.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/fd.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/timestamp.h"
+
+#include "usage.h"
+#include "worker.h"
+
+#define USAGE_DUMP_FILE		PGSTAT_STAT_PERMANENT_DIRECTORY "/apikeys_usage.stat"
+#define USAGE_DUMP_MAGIC	0x41504b55	/* "APKU" */
+#define USAGE_DUMP_VERSION	1
+
+/* How long counts of a key that is not (yet) visible are kept for retry. */
+#define UNMATCHED_KEEP_USECS	(3600 * USECS_PER_SEC)
+/* A backend that waited for room this recently means the table is full. */
+#define PRESSURE_USECS			(5 * USECS_PER_SEC)
+
+int			apikeys_max_tracked_keys = 10000;
+
+typedef struct UsageKey
+{
+	Oid			dbid;
+	Oid			keys_relid;
+	DateADT		day;
+	char		key_id[APIKEY_ID_LEN];	/* not NUL-terminated */
+} UsageKey;
+
+typedef struct UsageEntry
+{
+	UsageKey	key;			/* hash key: must be first */
+	pg_atomic_uint64 calls;		/* valid calls not yet flushed */
+	pg_atomic_uint64 rejected;	/* rejected calls not yet flushed */
+	pg_atomic_uint64 last_used; /* latest valid call (TimestampTz) */
+	TimestampTz flushed_last_used;	/* last_used already written */
+	TimestampTz unmatched_since;	/* when a flush first found no such key */
+} UsageEntry;
+
+typedef struct UsageShared
+{
+	LWLock	   *lock;
+	ConditionVariable room;		/* broadcast when entries are removed */
+	pg_atomic_uint64 last_wait; /* when a backend last waited for room */
+} UsageShared;
+
+/* On-disk form of one entry in the shutdown dump. */
+typedef struct UsageDumpEntry
+{
+	UsageKey	key;
+	uint64		calls;
+	uint64		rejected;
+	TimestampTz last_used;
+	TimestampTz flushed_last_used;
+} UsageDumpEntry;
+
+static UsageShared *shared = NULL;
+static HTAB *usage_hash = NULL;
+
+static void usage_shmem_shutdown(int code, Datum arg);
+static void usage_load(void);
+
+Size
+usage_shmem_size(void)
+{
+	return add_size(MAXALIGN(sizeof(UsageShared)),
+					hash_estimate_size(apikeys_max_tracked_keys, sizeof(UsageEntry)));
+}
+
+/* Called from the shmem_request_hook. */
+void
+usage_shmem_request(void)
+{
+	RequestAddinShmemSpace(usage_shmem_size());
+}
+
+/* Called from the shmem_startup_hook, under AddinShmemInitLock. */
+void
+usage_shmem_startup(void)
+{
+	bool		found;
+	HASHCTL		info;
+
+	shared = ShmemInitStruct("apikeys usage", sizeof(UsageShared), &found);
+	if (!found)
+	{
+		shared->lock = &(GetNamedLWLockTranche("apikeys"))[0].lock;
+		ConditionVariableInit(&shared->room);
+		pg_atomic_init_u64(&shared->last_wait, 0);
+	}
+
+	info.keysize = sizeof(UsageKey);
+	info.entrysize = sizeof(UsageEntry);
+	usage_hash = ShmemInitHash("apikeys usage counters",
+							   apikeys_max_tracked_keys, apikeys_max_tracked_keys,
+							   &info, HASH_ELEM | HASH_BLOBS);
+
+	/* the postmaster restores the last shutdown's counters and dumps at exit */
+	if (!IsUnderPostmaster)
+	{
+		on_shmem_exit(usage_shmem_shutdown, (Datum) 0);
+		if (!found)
+			usage_load();
+	}
+}
+
+/* Sets up a new entry's counters (exclusive lock held). */
+static void
+entry_init(UsageEntry *entry)
+{
+	pg_atomic_init_u64(&entry->calls, 0);
+	pg_atomic_init_u64(&entry->rejected, 0);
+	pg_atomic_init_u64(&entry->last_used, 0);
+	entry->flushed_last_used = 0;
+	entry->unmatched_since = 0;
+}
+
+/* Adds one call to entry (any lock mode). */
+static void
+entry_bump(UsageEntry *entry, bool valid, TimestampTz now)
+{
+	if (valid)
+	{
+		uint64		seen = pg_atomic_read_u64(&entry->last_used);
+
+		pg_atomic_fetch_add_u64(&entry->calls, 1);
+		while (seen < (uint64) now &&
+			   !pg_atomic_compare_exchange_u64(&entry->last_used, &seen, (uint64) now))
+			;
+	}
+	else
+		pg_atomic_fetch_add_u64(&entry->rejected, 1);
+}
+
+void
+usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now)
+{
+	UsageKey	key;
+	UsageEntry *entry;
+	text	   *id = DatumGetTextPP(key_id);
+	bool		waited = false;
+
+	if (shared == NULL || RecoveryInProgress() ||
+		VARSIZE_ANY_EXHDR(id) != APIKEY_ID_LEN)
+		return;
+
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	key.keys_relid = keys_relid;
+	key.day = (DateADT) (now / USECS_PER_DAY);
+	memcpy(key.key_id, VARDATA_ANY(id), APIKEY_ID_LEN);
+
+	/* the common case: the entry exists */
+	LWLockAcquire(shared->lock, LW_SHARED);
+	entry = hash_search(usage_hash, &key, HASH_FIND, NULL);
+	if (entry)
+	{
+		entry_bump(entry, valid, now);
+		LWLockRelease(shared->lock);
+		return;
+	}
+	LWLockRelease(shared->lock);
+
+	for (;;)
+	{
+		bool		found;
+
+		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+		entry = hash_search(usage_hash, &key, HASH_FIND, NULL);
+		if (entry == NULL &&
+			hash_get_num_entries(usage_hash) < apikeys_max_tracked_keys)
+		{
+			entry = hash_search(usage_hash, &key, HASH_ENTER, &found);
+			entry_init(entry);
+		}
+		if (entry)
+		{
+			entry_bump(entry, valid, now);
+			LWLockRelease(shared->lock);
+			break;
+		}
+		LWLockRelease(shared->lock);
+
+		/* full: have the workers flush, and wait for room */
+		if (!waited)
+		{
+			ConditionVariablePrepareToSleep(&shared->room);
+			waited = true;
+		}
+		pg_atomic_write_u64(&shared->last_wait, (uint64) GetCurrentTimestamp());
+		apikeys_wake_workers();
+		(void) ConditionVariableTimedSleep(&shared->room, 1000, PG_WAIT_EXTENSION);
+	}
+	if (waited)
+		ConditionVariableCancelSleep();
+}
+
+bool
+usage_pressure(void)
+{
+	TimestampTz last = (TimestampTz) pg_atomic_read_u64(&shared->last_wait);
+
+	return last != 0 && GetCurrentTimestamp() - last < PRESSURE_USECS;
+}
+
+/* Removes entry during a hash_seq_search (exclusive lock held). */
+static void
+entry_remove(UsageEntry *entry)
+{
+	hash_search(usage_hash, &entry->key, HASH_REMOVE, NULL);
+}
+
+UsageDelta *
+usage_collect(Oid dbid, Oid keys_relid, int *n)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	UsageDelta *deltas;
+	int			count = 0;
+	bool		removed = false;
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	deltas = palloc(sizeof(UsageDelta) * Max(hash_get_num_entries(usage_hash), 1));
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		uint64		calls;
+		uint64		rejected;
+		TimestampTz last_used;
+
+		if (entry->key.dbid != dbid)
+			continue;
+		if (entry->key.keys_relid != keys_relid)
+		{
+			/* counts of a dropped instance of the extension */
+			entry_remove(entry);
+			removed = true;
+			continue;
+		}
+		calls = pg_atomic_read_u64(&entry->calls);
+		rejected = pg_atomic_read_u64(&entry->rejected);
+		last_used = (TimestampTz) pg_atomic_read_u64(&entry->last_used);
+		if (calls == 0 && rejected == 0 && last_used <= entry->flushed_last_used)
+		{
+			/* fully flushed and idle since: free the slot */
+			entry_remove(entry);
+			removed = true;
+			continue;
+		}
+		memcpy(deltas[count].key_id, entry->key.key_id, APIKEY_ID_LEN);
+		deltas[count].key_id[APIKEY_ID_LEN] = '\0';
+		deltas[count].day = entry->key.day;
+		deltas[count].calls = (int64) calls;
+		deltas[count].rejected = (int64) rejected;
+		deltas[count].last_used = last_used > entry->flushed_last_used ? last_used : 0;
+		count++;
+	}
+	LWLockRelease(shared->lock);
+
+	if (removed)
+		ConditionVariableBroadcast(&shared->room);
+	*n = count;
+	return deltas;
+}
+
+void
+usage_settle(Oid dbid, Oid keys_relid, const UsageDelta *deltas,
+			 const bool *matched, const bool *last_used_done, int n)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool		pressure = usage_pressure();
+	bool		removed = false;
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < n; i++)
+	{
+		UsageKey	key;
+		UsageEntry *entry;
+
+		memset(&key, 0, sizeof(key));
+		key.dbid = dbid;
+		key.keys_relid = keys_relid;
+		key.day = deltas[i].day;
+		memcpy(key.key_id, deltas[i].key_id, APIKEY_ID_LEN);
+		entry = hash_search(usage_hash, &key, HASH_FIND, NULL);
+		if (entry == NULL)
+			continue;
+
+		if (!matched[i])
+		{
+			/*
+			 * No such key in this snapshot: its creating transaction rolled
+			 * back or has not committed yet.  Keep the counts for a while in
+			 * case it commits, but never let them hold a full table.
+			 */
+			if (entry->unmatched_since == 0)
+				entry->unmatched_since = now;
+			if (pressure || now - entry->unmatched_since > UNMATCHED_KEEP_USECS)
+			{
+				entry_remove(entry);
+				removed = true;
+			}
+			continue;
+		}
+
+		entry->unmatched_since = 0;
+		pg_atomic_fetch_sub_u64(&entry->calls, (uint64) deltas[i].calls);
+		pg_atomic_fetch_sub_u64(&entry->rejected, (uint64) deltas[i].rejected);
+		if (last_used_done[i] && deltas[i].last_used > entry->flushed_last_used)
+			entry->flushed_last_used = deltas[i].last_used;
+
+		if (pg_atomic_read_u64(&entry->calls) == 0 &&
+			pg_atomic_read_u64(&entry->rejected) == 0 &&
+			(TimestampTz) pg_atomic_read_u64(&entry->last_used) <= entry->flushed_last_used)
+		{
+			entry_remove(entry);
+			removed = true;
+		}
+	}
+	LWLockRelease(shared->lock);
+
+	if (removed)
+		ConditionVariableBroadcast(&shared->room);
+}
+
+void
+usage_forget(Oid dbid, Oid keys_relid)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	bool		removed = false;
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry->key.dbid == dbid &&
+			(keys_relid == InvalidOid || entry->key.keys_relid == keys_relid))
+		{
+			entry_remove(entry);
+			removed = true;
+		}
+	}
+	LWLockRelease(shared->lock);
+	if (removed)
+		ConditionVariableBroadcast(&shared->room);
+}
+
+Oid *
+usage_databases(int *n)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	Oid		   *dbs;
+	int			count = 0;
+
+	LWLockAcquire(shared->lock, LW_SHARED);
+	dbs = palloc(sizeof(Oid) * Max(hash_get_num_entries(usage_hash), 1));
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		bool		seen = false;
+
+		for (int i = 0; i < count && !seen; i++)
+			seen = (dbs[i] == entry->key.dbid);
+		if (!seen)
+			dbs[count++] = entry->key.dbid;
+	}
+	LWLockRelease(shared->lock);
+	*n = count;
+	return dbs;
+}
+
+/*
+ * Postmaster exit (never after a crash): writes the counters not yet
+ * flushed to USAGE_DUMP_FILE.  Every other process has exited by now.
+ */
+static void
+usage_shmem_shutdown(int code, Datum arg)
+{
+	FILE	   *file;
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	uint32		header[2] = {USAGE_DUMP_MAGIC, USAGE_DUMP_VERSION};
+	int32		count;
+
+	if (code != 0 || shared == NULL || usage_hash == NULL)
+		return;
+
+	file = AllocateFile(USAGE_DUMP_FILE ".tmp", PG_BINARY_W);
+	if (file == NULL)
+		goto error;
+	count = (int32) hash_get_num_entries(usage_hash);
+	if (fwrite(header, sizeof(header), 1, file) != 1 ||
+		fwrite(&count, sizeof(count), 1, file) != 1)
+		goto error;
+
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		UsageDumpEntry out;
+
+		memset(&out, 0, sizeof(out));
+		out.key = entry->key;
+		out.calls = pg_atomic_read_u64(&entry->calls);
+		out.rejected = pg_atomic_read_u64(&entry->rejected);
+		out.last_used = (TimestampTz) pg_atomic_read_u64(&entry->last_used);
+		out.flushed_last_used = entry->flushed_last_used;
+		if (fwrite(&out, sizeof(out), 1, file) != 1)
+		{
+			hash_seq_term(&seq);
+			goto error;
+		}
+	}
+	if (FreeFile(file))
+	{
+		file = NULL;
+		goto error;
+	}
+	(void) durable_rename(USAGE_DUMP_FILE ".tmp", USAGE_DUMP_FILE, LOG);
+	return;
+
+error:
+	ereport(LOG,
+			(errcode_for_file_access(),
+			 errmsg("could not write file \"%s\": %m", USAGE_DUMP_FILE ".tmp")));
+	if (file)
+		FreeFile(file);
+	unlink(USAGE_DUMP_FILE ".tmp");
+}
+
+/* Restores the counters dumped at the last clean shutdown, then removes the file. */
+static void
+usage_load(void)
+{
+	FILE	   *file = AllocateFile(USAGE_DUMP_FILE, PG_BINARY_R);
+	uint32		header[2];
+	int32		count;
+	int32		lost = 0;
+
+	if (file == NULL)
+	{
+		if (errno != ENOENT)
+			ereport(LOG,
+					(errcode_for_file_access(),
+					 errmsg("could not read file \"%s\": %m", USAGE_DUMP_FILE)));
+		return;
+	}
+
+	if (fread(header, sizeof(header), 1, file) != 1 ||
+		header[0] != USAGE_DUMP_MAGIC || header[1] != USAGE_DUMP_VERSION ||
+		fread(&count, sizeof(count), 1, file) != 1 || count < 0)
+	{
+		ereport(LOG,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("ignoring invalid file \"%s\"", USAGE_DUMP_FILE)));
+		goto done;
+	}
+
+	for (int32 i = 0; i < count; i++)
+	{
+		UsageDumpEntry in;
+		UsageEntry *entry;
+		bool		found;
+
+		if (fread(&in, sizeof(in), 1, file) != 1)
+		{
+			ereport(LOG,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("file \"%s\" is truncated", USAGE_DUMP_FILE)));
+			break;
+		}
+		if (hash_get_num_entries(usage_hash) >= apikeys_max_tracked_keys)
+		{
+			lost++;
+			continue;
+		}
+		entry = hash_search(usage_hash, &in.key, HASH_ENTER, &found);
+		entry_init(entry);
+		pg_atomic_write_u64(&entry->calls, in.calls);
+		pg_atomic_write_u64(&entry->rejected, in.rejected);
+		pg_atomic_write_u64(&entry->last_used, (uint64) in.last_used);
+		entry->flushed_last_used = in.flushed_last_used;
+	}
+	if (lost > 0)
+		ereport(WARNING,
+				(errmsg("apikeys dropped the unflushed counts of %d keys at startup", lost),
+				 errdetail("apikeys.max_tracked_keys is smaller than the number of counters saved at shutdown."),
+				 errhint("Raise apikeys.max_tracked_keys to at least %d.",
+						 apikeys_max_tracked_keys + lost)));
+
+done:
+	FreeFile(file);
+	unlink(USAGE_DUMP_FILE);
+}

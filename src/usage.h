@@ -1,0 +1,59 @@
+/*
+ * usage.h
+ *		Shared-memory usage counters: bumped by validation, drained by the
+ *		per-database worker's flush.
+ */
+#ifndef APIKEYS_USAGE_H
+#define APIKEYS_USAGE_H
+
+#include "datatype/timestamp.h"
+#include "utils/date.h"
+
+#include "keyformat.h"
+
+/* GUC apikeys.max_tracked_keys: capacity of the counter table. */
+extern int	apikeys_max_tracked_keys;
+
+/* One counter row as the flush sees it. */
+typedef struct UsageDelta
+{
+	char		key_id[APIKEY_ID_LEN + 1];
+	DateADT		day;
+	int64		calls;
+	int64		rejected;
+	TimestampTz last_used;		/* 0 if nothing new to record */
+} UsageDelta;
+
+extern Size usage_shmem_size(void);
+extern void usage_shmem_request(void);
+extern void usage_shmem_startup(void);
+
+/*
+ * Counts one validation of key_id (a text datum of the key's public id) in
+ * this database.  valid says whether it passed; now is the validation time.
+ * Waits for a flush instead of dropping the count when the table is full.
+ */
+extern void usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now);
+
+/*
+ * Flush support, for the worker of database dbid whose keys table is
+ * keys_relid.  usage_collect returns the non-zero counters (palloc'd, *n of
+ * them) and discards counters left by an earlier instance of the extension.
+ * After the flush commits, usage_settle subtracts what was written;
+ * matched[i] says whether deltas[i] belonged to an existing key, and
+ * last_used_done[i] whether its last_used was recorded.
+ */
+extern UsageDelta *usage_collect(Oid dbid, Oid keys_relid, int *n);
+extern void usage_settle(Oid dbid, Oid keys_relid, const UsageDelta *deltas,
+						 const bool *matched, const bool *last_used_done, int n);
+
+/* Removes the counters of a dropped database, or of one dropped keys table. */
+extern void usage_forget(Oid dbid, Oid keys_relid);
+
+/* The databases that have counters, palloc'd, *n of them. */
+extern Oid *usage_databases(int *n);
+
+/* True if the table is full and a backend is waiting for room. */
+extern bool usage_pressure(void);
+
+#endif							/* APIKEYS_USAGE_H */

@@ -1,0 +1,969 @@
+/*
+ * worker.c
+ *		The launcher and the per-database workers: flush usage counters,
+ *		expire keys, apply usage retention.
+ *
+ * The launcher (one, started with the server) connects to no database.
+ * Every LAUNCHER_SCAN_MS, and whenever it is woken, it reads pg_database and
+ * starts a worker for each database it has not yet looked at, each one whose
+ * CREATE EXTENSION apikeys just committed, and each one whose worker stopped
+ * without finding the extension gone.  A worker records its verdict in its
+ * slot: a worker that finds no extension, or sees DROP EXTENSION, says so
+ * and exits, and is not restarted until the next CREATE EXTENSION.
+ *
+ * Workers hold a database connection, which DROP DATABASE, RENAME and
+ * CREATE DATABASE ... TEMPLATE refuse to work around; the ProcessUtility
+ * hook therefore pauses the database's worker (stops it, and keeps the
+ * launcher from restarting it) for the duration of such a command.
+ *
+ * Shared state: one slot per database the launcher or a backend has
+ * something to say about, protected by the tranche's second LWLock.  Slots
+ * carry the worker's pid and latch, the pause count, the "extension wanted"
+ * and "no extension" messages, and flush request/done generations.
+ *
+ * Each pass (flush, expiry, retention) runs in its own transaction; an
+ * ERROR is logged, the transaction aborted and the next pass runs.
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/defrem.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/condition_variable.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "tcop/utility.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "apikeys.h"
+#include "lookup.h"
+#include "usage.h"
+#include "worker.h"
+
+#define LAUNCHER_SCAN_MS		5000
+#define RESTART_DELAY_MS		1000
+#define PAUSE_WAIT_MS			10000
+#define FLUSH_WAIT_MS			30000
+#define RETENTION_EVERY_USECS	(USECS_PER_DAY)
+
+int			apikeys_flush_interval = 1000;
+int			apikeys_expiry_interval = 60;
+int			apikeys_usage_retention_days = 400;
+
+typedef struct WorkerSlot
+{
+	Oid			dbid;			/* InvalidOid: free */
+	pid_t		pid;			/* running worker, or 0 */
+	Latch	   *latch;			/* its latch, or NULL */
+	int			pausers;		/* utility commands that need it stopped */
+	bool		wanted;			/* CREATE EXTENSION committed: start one */
+	int			verdict;		/* what the last worker found: VERDICT_* */
+	uint64		flush_requested;	/* generation asked for by flush_usage() */
+	uint64		flush_done;		/* generation the worker last completed */
+} WorkerSlot;
+
+typedef struct WorkerShared
+{
+	LWLock	   *lock;
+	Latch	   *launcher_latch;
+	ConditionVariable flushed;	/* broadcast after each flush */
+	int			nslots;
+	WorkerSlot	slots[FLEXIBLE_ARRAY_MEMBER];
+} WorkerShared;
+
+/* What a worker found in its database. */
+#define VERDICT_UNKNOWN			0
+#define VERDICT_EXTENSION		1
+#define VERDICT_NO_EXTENSION	2
+
+static WorkerShared *ws = NULL;
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+
+PG_FUNCTION_INFO_V1(apikeys_launch_worker);
+PG_FUNCTION_INFO_V1(apikeys_flush_usage);
+
+static int
+slot_count(void)
+{
+	return 2 * max_worker_processes + 8;
+}
+
+Size
+worker_shmem_size(void)
+{
+	return add_size(offsetof(WorkerShared, slots),
+					mul_size(slot_count(), sizeof(WorkerSlot)));
+}
+
+/* Called from the shmem_startup_hook, under AddinShmemInitLock. */
+void
+worker_shmem_startup(void)
+{
+	bool		found;
+
+	ws = ShmemInitStruct("apikeys workers", worker_shmem_size(), &found);
+	if (!found)
+	{
+		memset(ws, 0, worker_shmem_size());
+		ws->lock = &(GetNamedLWLockTranche("apikeys"))[1].lock;
+		ConditionVariableInit(&ws->flushed);
+		ws->nslots = slot_count();
+	}
+}
+
+/* The slot of dbid, created if asked and possible; NULL otherwise (lock held). */
+static WorkerSlot *
+slot_find(Oid dbid, bool create)
+{
+	WorkerSlot *free_slot = NULL;
+
+	for (int i = 0; i < ws->nslots; i++)
+	{
+		if (ws->slots[i].dbid == dbid)
+			return &ws->slots[i];
+		if (free_slot == NULL && ws->slots[i].dbid == InvalidOid)
+			free_slot = &ws->slots[i];
+	}
+	if (create && free_slot)
+	{
+		memset(free_slot, 0, sizeof(WorkerSlot));
+		free_slot->dbid = dbid;
+		return free_slot;
+	}
+	return NULL;
+}
+
+/* Frees a slot nobody needs any more (lock held). */
+static void
+slot_release_if_idle(WorkerSlot *slot)
+{
+	if (slot->pid == 0 && slot->pausers == 0 && !slot->wanted)
+		slot->dbid = InvalidOid;
+}
+
+static void
+wake_launcher(void)
+{
+	Latch	   *latch;
+
+	LWLockAcquire(ws->lock, LW_SHARED);
+	latch = ws->launcher_latch;
+	LWLockRelease(ws->lock);
+	if (latch)
+		SetLatch(latch);
+}
+
+void
+apikeys_wake_workers(void)
+{
+	if (ws == NULL)
+		return;
+	LWLockAcquire(ws->lock, LW_SHARED);
+	for (int i = 0; i < ws->nslots; i++)
+		if (ws->slots[i].latch)
+			SetLatch(ws->slots[i].latch);
+	LWLockRelease(ws->lock);
+}
+
+/* ----------------------------------------------------------------------
+ * Launcher
+ * ----------------------------------------------------------------------
+ */
+
+void
+apikeys_register_launcher(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "apikeys");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "apikeys_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "apikeys launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "apikeys launcher");
+	RegisterBackgroundWorker(&worker);
+}
+
+/* What the launcher remembers about one database. */
+typedef struct KnownDatabase
+{
+	Oid			dbid;			/* hash key */
+	bool		seen;			/* in pg_database at the last scan */
+	bool		probed;			/* a worker has looked at it */
+	bool		has_extension;	/* what the last worker found */
+	TimestampTz next_start;		/* no restart before this */
+	BackgroundWorkerHandle *handle;
+} KnownDatabase;
+
+/* Starts the worker of db; false if no background worker slot was free. */
+static bool
+start_worker(KnownDatabase *db, const char *dbname)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "apikeys");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "apikeys_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "apikeys worker for database %s", dbname);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "apikeys worker");
+	worker.bgw_main_arg = ObjectIdGetDatum(db->dbid);
+	worker.bgw_notify_pid = MyProcPid;
+
+	db->next_start = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RESTART_DELAY_MS);
+	if (!RegisterDynamicBackgroundWorker(&worker, &db->handle))
+	{
+		db->handle = NULL;
+		return false;
+	}
+	db->probed = true;
+	return true;
+}
+
+/* One look at pg_database: start, restart and forget workers as needed. */
+static void
+launcher_scan(HTAB *known)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tuple;
+	HASH_SEQ_STATUS seq;
+	KnownDatabase *db;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		no_room = false;
+	Oid		   *counted;
+	int			ncounted;
+
+	hash_seq_init(&seq, known);
+	while ((db = hash_seq_search(&seq)) != NULL)
+		db->seen = false;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database form = (Form_pg_database) GETSTRUCT(tuple);
+		bool		found;
+		bool		running = false;
+		bool		paused = false;
+		bool		wanted = false;
+		WorkerSlot *slot;
+
+		if (!form->datallowconn || form->datconnlimit == DATCONNLIMIT_INVALID_DB)
+			continue;
+
+		db = hash_search(known, &form->oid, HASH_ENTER, &found);
+		if (!found)
+		{
+			db->probed = false;
+			db->has_extension = false;
+			db->next_start = 0;
+			db->handle = NULL;
+		}
+		db->seen = true;
+
+		if (db->handle)
+		{
+			pid_t		pid;
+
+			running = (GetBackgroundWorkerPid(db->handle, &pid) != BGWH_STOPPED);
+			if (!running)
+			{
+				pfree(db->handle);
+				db->handle = NULL;
+			}
+		}
+
+		LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+		slot = slot_find(db->dbid, false);
+		if (slot)
+		{
+			paused = slot->pausers > 0;
+			wanted = slot->wanted;
+			if (!running && db->probed)
+			{
+				/* the worker stopped: learn what it found, probe again if nothing */
+				if (slot->verdict == VERDICT_UNKNOWN)
+					db->probed = false;
+				else
+					db->has_extension = (slot->verdict == VERDICT_EXTENSION);
+				slot->verdict = VERDICT_UNKNOWN;
+				slot_release_if_idle(slot);
+			}
+		}
+		LWLockRelease(ws->lock);
+
+		if (running || paused || no_room || now < db->next_start)
+			continue;
+		if (!db->probed || wanted || db->has_extension)
+			no_room = !start_worker(db, NameStr(form->datname));
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+
+	if (no_room)
+		ereport(LOG,
+				(errmsg("apikeys launcher could not start a worker: no background worker slot is free"),
+				 errhint("Raise max_worker_processes: apikeys needs one worker per database that has the extension, plus the launcher.")));
+
+	/* databases that are gone: forget their workers, slots and counters */
+	hash_seq_init(&seq, known);
+	while ((db = hash_seq_search(&seq)) != NULL)
+	{
+		if (db->seen)
+			continue;
+		if (db->handle)
+			pfree(db->handle);
+		LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+		{
+			WorkerSlot *slot = slot_find(db->dbid, false);
+
+			if (slot && slot->pid == 0)
+				slot->dbid = InvalidOid;
+		}
+		LWLockRelease(ws->lock);
+		usage_forget(db->dbid, InvalidOid);
+		hash_search(known, &db->dbid, HASH_REMOVE, NULL);
+	}
+	counted = usage_databases(&ncounted);
+	for (int i = 0; i < ncounted; i++)
+		if (hash_search(known, &counted[i], HASH_FIND, NULL) == NULL)
+			usage_forget(counted[i], InvalidOid);
+	pfree(counted);
+}
+
+void
+apikeys_launcher_main(Datum arg)
+{
+	HASHCTL		info;
+	HTAB	   *known;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	info.keysize = sizeof(Oid);
+	info.entrysize = sizeof(KnownDatabase);
+	known = hash_create("apikeys known databases", 64, &info, HASH_ELEM | HASH_BLOBS);
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	ws->launcher_latch = MyLatch;
+	LWLockRelease(ws->lock);
+
+	while (!ShutdownRequestPending)
+	{
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		launcher_scan(known);
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 LAUNCHER_SCAN_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	ws->launcher_latch = NULL;
+	LWLockRelease(ws->lock);
+	proc_exit(0);
+}
+
+/* ----------------------------------------------------------------------
+ * Per-database worker
+ * ----------------------------------------------------------------------
+ */
+
+static WorkerSlot *my_slot = NULL;
+static Oid	my_keys_relid = InvalidOid;
+static bool extension_gone = false;
+
+/* The flush in progress: what was read from shared memory and what SQL did with it. */
+static UsageDelta *flush_deltas;
+static bool *flush_matched;
+static bool *flush_last_used_done;
+static int	flush_n;
+
+static void
+worker_detach(int code, Datum arg)
+{
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	my_slot->pid = 0;
+	my_slot->latch = NULL;
+	LWLockRelease(ws->lock);
+	ConditionVariableBroadcast(&ws->flushed);
+}
+
+/* Adds the flushed counters to apikeys.usage and last_used_at (SPI connected). */
+static void
+flush_body(void)
+{
+	Datum	   *ids;
+	Datum	   *days;
+	Datum	   *calls;
+	Datum	   *rejected;
+	Datum	   *last_used;
+	bool	   *last_used_nulls;
+	int			dims[1];
+	int			lbs[1] = {1};
+	Oid			argtypes[5] = {TEXTARRAYOID, DATEARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
+							   TIMESTAMPTZARRAYOID};
+	Datum		args[5];
+
+	flush_deltas = usage_collect(MyDatabaseId, my_keys_relid, &flush_n);
+	flush_matched = palloc0(sizeof(bool) * Max(flush_n, 1));
+	flush_last_used_done = palloc0(sizeof(bool) * Max(flush_n, 1));
+	if (flush_n == 0)
+		return;
+
+	ids = palloc(sizeof(Datum) * flush_n);
+	days = palloc(sizeof(Datum) * flush_n);
+	calls = palloc(sizeof(Datum) * flush_n);
+	rejected = palloc(sizeof(Datum) * flush_n);
+	last_used = palloc(sizeof(Datum) * flush_n);
+	last_used_nulls = palloc(sizeof(bool) * flush_n);
+	for (int i = 0; i < flush_n; i++)
+	{
+		ids[i] = CStringGetTextDatum(flush_deltas[i].key_id);
+		days[i] = DateADTGetDatum(flush_deltas[i].day);
+		calls[i] = Int64GetDatum(flush_deltas[i].calls);
+		rejected[i] = Int64GetDatum(flush_deltas[i].rejected);
+		last_used[i] = TimestampTzGetDatum(flush_deltas[i].last_used);
+		last_used_nulls[i] = (flush_deltas[i].last_used == 0);
+	}
+	dims[0] = flush_n;
+	args[0] = PointerGetDatum(construct_array(ids, flush_n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_array(days, flush_n, DATEOID, sizeof(DateADT), true, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(calls, flush_n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[3] = PointerGetDatum(construct_array(rejected, flush_n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[4] = PointerGetDatum(construct_md_array(last_used, last_used_nulls, 1, dims, lbs,
+												 TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+
+	/*
+	 * Counts of keys this snapshot cannot see are left out (and kept for a
+	 * retry).  last_used_at is set only on rows nobody has locked, so a
+	 * flush never waits for a user's transaction; a locked row is retried.
+	 */
+	if (SPI_execute_with_args(
+							  "WITH d AS ("
+							  " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+							  "  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
+							  "  WITH ORDINALITY AS d(key_id, day, calls, rejected, last_used, i)"
+							  " WHERE EXISTS (SELECT FROM apikeys.keys k"
+							  "               WHERE k.id OPERATOR(pg_catalog.=) d.key_id)),"
+							  " ins AS ("
+							  " INSERT INTO apikeys.usage AS u (key_id, day, calls, rejected)"
+							  " SELECT d.key_id, d.day, d.calls, d.rejected FROM d"
+							  " WHERE d.calls OPERATOR(pg_catalog.>) 0 OR d.rejected OPERATOR(pg_catalog.>) 0"
+							  " ON CONFLICT (key_id, day) DO UPDATE"
+							  " SET calls = u.calls OPERATOR(pg_catalog.+) excluded.calls,"
+							  "     rejected = u.rejected OPERATOR(pg_catalog.+) excluded.rejected),"
+							  " lockable AS ("
+							  " SELECT k.id FROM apikeys.keys k"
+							  " WHERE k.id OPERATOR(pg_catalog.=) ANY (SELECT d.key_id FROM d"
+							  "                 WHERE d.last_used IS NOT NULL)"
+							  " FOR NO KEY UPDATE OF k SKIP LOCKED),"
+							  " upd AS ("
+							  " UPDATE apikeys.keys k"
+							  " SET last_used_at = GREATEST(k.last_used_at, m.last_used)"
+							  " FROM (SELECT d.key_id, pg_catalog.max(d.last_used) AS last_used"
+							  "       FROM d GROUP BY d.key_id) m"
+							  " WHERE k.id OPERATOR(pg_catalog.=) m.key_id"
+							  "   AND k.id OPERATOR(pg_catalog.=) ANY (SELECT l.id FROM lockable l)"
+							  " RETURNING k.id)"
+							  " SELECT d.i, d.last_used IS NULL"
+							  "        OR d.key_id OPERATOR(pg_catalog.=) ANY (SELECT upd.id FROM upd)"
+							  " FROM d",
+							  5, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not flush api key usage");
+
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int64		i = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													SPI_tuptable->tupdesc, 1, &isnull));
+		bool		done = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r],
+													  SPI_tuptable->tupdesc, 2, &isnull));
+
+		flush_matched[i - 1] = true;
+		flush_last_used_done[i - 1] = done;
+	}
+}
+
+/* Marks keys past expires_at as expired, audits and announces them (SPI connected). */
+static void
+expiry_body(void)
+{
+	if (SPI_execute("WITH due AS ("
+					" SELECT k.id FROM apikeys.keys k"
+					" WHERE k.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+					"   AND k.expired_at IS NULL AND k.revoked_at IS NULL"
+					" FOR NO KEY UPDATE SKIP LOCKED),"
+					" e AS ("
+					" UPDATE apikeys.keys k SET expired_at = pg_catalog.now()"
+					" FROM due WHERE k.id OPERATOR(pg_catalog.=) due.id"
+					" RETURNING k.id, k.owner, k.name, k.expires_at),"
+					" a AS ("
+					" INSERT INTO apikeys.audit (key_id, owner, event, detail)"
+					" SELECT e.id, e.owner, 'expired',"
+					"  pg_catalog.jsonb_build_object('name', e.name, 'expires_at', e.expires_at)"
+					" FROM e)"
+					" SELECT pg_catalog.pg_notify('apikeys_expired', e.id) FROM e",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not expire api keys");
+}
+
+/* Deletes usage rows older than apikeys.usage_retention_days (SPI connected). */
+static void
+retention_body(void)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(apikeys_usage_retention_days)};
+
+	if (SPI_execute_with_args("DELETE FROM apikeys.usage u"
+							  " WHERE u.day OPERATOR(pg_catalog.<)"
+							  "  (pg_catalog.timezone('UTC', pg_catalog.now())::pg_catalog.date"
+							  "   OPERATOR(pg_catalog.-) $1)",
+							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not apply usage retention");
+}
+
+/*
+ * Runs body in a transaction with SPI, unless the extension is gone (then
+ * sets extension_gone).  An ERROR is logged and the transaction aborted;
+ * returns whether the transaction committed.
+ */
+static bool
+run_pass(const char *name, void (*body) (void))
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool committed = false;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, name);
+
+		if (!OidIsValid(get_extension_oid("apikeys", true)))
+			extension_gone = true;
+		else
+		{
+			my_keys_relid = apikeys_keys_relid();
+			if (my_slot->verdict != VERDICT_EXTENSION)
+			{
+				LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+				my_slot->verdict = VERDICT_EXTENSION;
+				LWLockRelease(ws->lock);
+			}
+			SPI_connect();
+			body();
+			SPI_finish();
+		}
+
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		committed = true;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+
+	MemoryContextSwitchTo(cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return committed;
+}
+
+/* One flush: write what the counters hold, then subtract what was written. */
+static void
+flush(void)
+{
+	uint64		requested;
+
+	LWLockAcquire(ws->lock, LW_SHARED);
+	requested = my_slot->flush_requested;
+	LWLockRelease(ws->lock);
+
+	flush_n = 0;
+	if (run_pass("apikeys: flush usage", flush_body) && !extension_gone)
+	{
+		usage_settle(MyDatabaseId, my_keys_relid, flush_deltas,
+					 flush_matched, flush_last_used_done, flush_n);
+		LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+		my_slot->flush_done = requested;
+		LWLockRelease(ws->lock);
+		ConditionVariableBroadcast(&ws->flushed);
+	}
+}
+
+/* Milliseconds from now until t, at least 0. */
+static long
+ms_until(TimestampTz t, TimestampTz now)
+{
+	return t <= now ? 0 : (long) ((t - now) / 1000);
+}
+
+void
+apikeys_worker_main(Datum arg)
+{
+	Oid			dbid = DatumGetObjectId(arg);
+	MemoryContext loop_cxt;
+	TimestampTz next_flush;
+	TimestampTz next_expiry;
+	TimestampTz next_retention;
+	bool		paused;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	pgstat_report_appname("apikeys worker");
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	my_slot = slot_find(dbid, true);
+	paused = (my_slot == NULL || my_slot->pausers > 0 ||
+			  (my_slot->pid != 0 && my_slot->pid != MyProcPid));
+	if (!paused)
+	{
+		my_slot->pid = MyProcPid;
+		my_slot->latch = MyLatch;
+		my_slot->wanted = false;
+		my_slot->verdict = VERDICT_UNKNOWN;
+	}
+	LWLockRelease(ws->lock);
+	if (paused)
+		proc_exit(0);
+	before_shmem_exit(worker_detach, (Datum) 0);
+
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "apikeys worker loop",
+									 ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(loop_cxt);
+
+	next_flush = next_expiry = next_retention = GetCurrentTimestamp();
+	while (!ShutdownRequestPending)
+	{
+		TimestampTz now;
+		uint64		requested;
+		uint64		done;
+		long		timeout;
+
+		MemoryContextReset(loop_cxt);
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		LWLockAcquire(ws->lock, LW_SHARED);
+		requested = my_slot->flush_requested;
+		done = my_slot->flush_done;
+		LWLockRelease(ws->lock);
+
+		now = GetCurrentTimestamp();
+		if (now >= next_flush || requested != done || usage_pressure())
+		{
+			flush();
+			next_flush = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 apikeys_flush_interval);
+		}
+		if (!extension_gone && now >= next_expiry)
+		{
+			run_pass("apikeys: expire keys", expiry_body);
+			next_expiry = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													  apikeys_expiry_interval * 1000L);
+		}
+		if (!extension_gone && now >= next_retention)
+		{
+			run_pass("apikeys: usage retention", retention_body);
+			next_retention = GetCurrentTimestamp() + RETENTION_EVERY_USECS;
+		}
+		if (extension_gone)
+			break;
+
+		now = GetCurrentTimestamp();
+		timeout = Min(ms_until(next_flush, now), ms_until(next_expiry, now));
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 timeout, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	if (extension_gone)
+	{
+		/* DROP EXTENSION: the counters of the dropped tables are void */
+		if (OidIsValid(my_keys_relid))
+			usage_forget(MyDatabaseId, my_keys_relid);
+		LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+		my_slot->verdict = VERDICT_NO_EXTENSION;
+		LWLockRelease(ws->lock);
+		wake_launcher();
+	}
+	proc_exit(0);
+}
+
+/* ----------------------------------------------------------------------
+ * SQL-callable
+ * ----------------------------------------------------------------------
+ */
+
+static bool launch_at_commit = false;
+static bool xact_callback_registered = false;
+
+/* At commit of a CREATE EXTENSION, ask the launcher for this database's worker. */
+static void
+launch_xact_callback(XactEvent event, void *arg)
+{
+	WorkerSlot *slot;
+
+	if (!launch_at_commit)
+		return;
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT)
+		return;
+	if (event == XACT_EVENT_COMMIT && ws != NULL)
+	{
+		LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+		slot = slot_find(MyDatabaseId, true);
+		if (slot)
+			slot->wanted = true;
+		LWLockRelease(ws->lock);
+		wake_launcher();
+	}
+	launch_at_commit = false;
+}
+
+/* apikeys._launch_worker(): called by the install script. */
+Datum
+apikeys_launch_worker(PG_FUNCTION_ARGS)
+{
+	if (ws == NULL)
+		PG_RETURN_VOID();
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(launch_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	launch_at_commit = true;
+	PG_RETURN_VOID();
+}
+
+/*
+ * apikeys.flush_usage(): has this database's worker flush now and waits for
+ * it (up to FLUSH_WAIT_MS).  True when the flush completed.
+ */
+Datum
+apikeys_flush_usage(PG_FUNCTION_ARGS)
+{
+	WorkerSlot *slot;
+	uint64		target;
+	TimestampTz deadline;
+	bool		done = false;
+
+	apikeys_require_preload();
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	slot = slot_find(MyDatabaseId, true);
+	if (slot == NULL)
+	{
+		LWLockRelease(ws->lock);
+		PG_RETURN_BOOL(false);
+	}
+	target = ++slot->flush_requested;
+	LWLockRelease(ws->lock);
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), FLUSH_WAIT_MS);
+	ConditionVariablePrepareToSleep(&ws->flushed);
+	while (GetCurrentTimestamp() < deadline)
+	{
+		Latch	   *latch;
+
+		LWLockAcquire(ws->lock, LW_SHARED);
+		done = (slot->dbid == MyDatabaseId && slot->flush_done >= target);
+		latch = slot->latch;
+		LWLockRelease(ws->lock);
+		if (done)
+			break;
+		if (latch)
+			SetLatch(latch);
+		(void) ConditionVariableTimedSleep(&ws->flushed, 100, PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+	PG_RETURN_BOOL(done);
+}
+
+/* ----------------------------------------------------------------------
+ * Stepping aside for database DDL
+ * ----------------------------------------------------------------------
+ */
+
+/* Stops the worker of dbid and keeps it stopped until resume_worker. */
+static void
+pause_worker(Oid dbid)
+{
+	WorkerSlot *slot;
+	TimestampTz deadline;
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	slot = slot_find(dbid, true);
+	if (slot)
+		slot->pausers++;
+	LWLockRelease(ws->lock);
+	if (slot == NULL)
+		return;
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), PAUSE_WAIT_MS);
+	for (;;)
+	{
+		pid_t		pid;
+
+		LWLockAcquire(ws->lock, LW_SHARED);
+		pid = (slot->dbid == dbid) ? slot->pid : 0;
+		LWLockRelease(ws->lock);
+		if (pid == 0 || GetCurrentTimestamp() >= deadline)
+			break;
+		(void) kill(pid, SIGTERM);
+		pg_usleep(10000L);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+static void
+resume_worker(Oid dbid)
+{
+	WorkerSlot *slot;
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	slot = slot_find(dbid, false);
+	if (slot && slot->pausers > 0)
+	{
+		slot->pausers--;
+		/* let the launcher start it again, as for a killed worker */
+		slot_release_if_idle(slot);
+	}
+	LWLockRelease(ws->lock);
+	wake_launcher();
+}
+
+/* The database a utility statement needs free of other connections, if any. */
+static Oid
+database_needing_exclusive_access(Node *parsetree)
+{
+	const char *dbname = NULL;
+	ListCell   *lc;
+
+	switch (nodeTag(parsetree))
+	{
+		case T_DropdbStmt:
+			dbname = ((DropdbStmt *) parsetree)->dbname;
+			break;
+		case T_RenameStmt:
+			if (((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
+				dbname = ((RenameStmt *) parsetree)->subname;
+			break;
+		case T_CreatedbStmt:
+			dbname = "template1";
+			foreach(lc, ((CreatedbStmt *) parsetree)->options)
+			{
+				DefElem    *opt = lfirst_node(DefElem, lc);
+
+				if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
+					dbname = defGetString(opt);
+			}
+			break;
+		case T_AlterDatabaseStmt:
+			foreach(lc, ((AlterDatabaseStmt *) parsetree)->options)
+			{
+				DefElem    *opt = lfirst_node(DefElem, lc);
+
+				if (strcmp(opt->defname, "tablespace") == 0)
+					dbname = ((AlterDatabaseStmt *) parsetree)->dbname;
+			}
+			break;
+		default:
+			break;
+	}
+	return dbname ? get_database_oid(dbname, true) : InvalidOid;
+}
+
+static void
+apikeys_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
+					   bool readOnlyTree, ProcessUtilityContext context,
+					   ParamListInfo params, QueryEnvironment *queryEnv,
+					   DestReceiver *dest, QueryCompletion *qc)
+{
+	Oid			dbid = InvalidOid;
+
+	if (ws != NULL)
+		dbid = database_needing_exclusive_access(pstmt->utilityStmt);
+
+	if (OidIsValid(dbid) && dbid != MyDatabaseId)
+	{
+		pause_worker(dbid);
+		PG_TRY();
+		{
+			if (prev_ProcessUtility)
+				prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+									params, queryEnv, dest, qc);
+			else
+				standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+										params, queryEnv, dest, qc);
+		}
+		PG_FINALLY();
+		{
+			resume_worker(dbid);
+		}
+		PG_END_TRY();
+	}
+	else if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+							params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+}
+
+void
+apikeys_install_utility_hook(void)
+{
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = apikeys_ProcessUtility;
+}
