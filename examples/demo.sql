@@ -67,7 +67,24 @@ SELECT 'valid format, never issued', code
   FROM apikeys.apikey_validate('ak_0123456789ABCDEFGHIJKLMNOPQRSTUV1Wf1r1');
 
 \echo
-\echo '== 6. Rotation with a one-hour grace: a new production key, same settings;'
+\echo '== 6. Usage: every validation is counted in shared memory (no write on the'
+\echo '      hot path); the background worker flushes the counts every second.'
+\echo '      Here 250 production calls and 40 staging calls, 10 of them refused'
+\echo '      (the totals below also hold the calls of steps 3 and 4).'
+\echo
+SELECT count(*) AS production_calls
+  FROM (SELECT apikeys.apikey_validate(:'prod_key') FROM generate_series(1, 250)) AS s;
+SELECT count(*) FILTER (WHERE valid) AS staging_ok, count(*) FILTER (WHERE NOT valid) AS staging_refused
+  FROM (SELECT (apikeys.apikey_validate(:'stage_key', 'lists:read',
+                CASE WHEN i <= 30 THEN '203.0.113.7' ELSE '198.51.100.9' END::inet)).valid
+          FROM generate_series(1, 40) AS i) AS s;
+SELECT apikeys.flush_usage() AS flushed;
+SELECT key_id, day, calls, rejected FROM apikeys.apikey_usage('acme', 7);
+\echo 'The analytics object the HTTP API returns (last 3 days):'
+SELECT jsonb_pretty(apikeys.apikey_analytics('acme', 3));
+
+\echo
+\echo '== 7. Rotation with a one-hour grace: a new production key, same settings;'
 \echo '      the old one keeps working for an hour so deployments can switch over.'
 \echo
 SELECT id, key FROM apikeys.apikey_rotate(:'prod_id', grace => '1 hour') \gset new_
@@ -79,7 +96,7 @@ SELECT 'new key', code, coalesce(expires_at::text, 'never')
   FROM apikeys.apikey_validate(:'new_key');
 
 \echo
-\echo '== 7. The staging key leaked: revoke it. Revocation is immediate and final.'
+\echo '== 8. The staging key leaked: revoke it. Revocation is immediate and final.'
 \echo
 SELECT apikeys.apikey_revoke(:'stage_id', owner => 'acme') AS revoked;
 SELECT apikeys.apikey_revoke(:'stage_id', owner => 'acme') AS revoked_again;
@@ -88,13 +105,13 @@ SELECT code FROM apikeys.apikey_validate(:'stage_key', 'lists:read', '203.0.113.
 SELECT name, last4, expires_at IS NOT NULL AS expires, status FROM apikeys.apikey_list('acme');
 
 \echo
-\echo '== 8. Every change is in the append-only audit trail.'
+\echo '== 9. Every change is in the append-only audit trail.'
 \echo
 SELECT at::time(0) AS at, key_id, event, actor, detail - 'expires_at' AS detail
   FROM apikeys.audit ORDER BY event_id;
 
 \echo
-\echo '== 9. An operator can find a leaked key by its hash, in plain SQL:'
+\echo '== 10. An operator can find a leaked key by its hash, in plain SQL:'
 \echo
 SELECT id, owner, name
   FROM apikeys.keys
