@@ -2,6 +2,9 @@
 #   make && make install    build and install into the PostgreSQL of PG_CONFIG
 #   make test               install what is missing, build, run every suite
 #   make demo               the same set-up, then a walk-through on a local cluster
+#   make fuzz               run the key-parser fuzzer for longer than make test does
+#   make bench              the benchmark suite (not part of make test)
+#   make soak               a bounded mixed-load soak test (not part of make test)
 #   make installcheck       pg_regress against a running server that preloads apikeys
 
 EXTENSION = apikeys
@@ -27,7 +30,7 @@ all install installcheck:
 	@exit 1
 endif
 
-.PHONY: test demo demo-stop print-regress
+.PHONY: test demo demo-stop fuzz bench soak print-regress
 
 test:
 	bash test/run.sh
@@ -37,6 +40,15 @@ demo:
 
 demo-stop:
 	bash examples/demo.sh stop
+
+fuzz:
+	bash test/fuzz/run.sh long
+
+bench:
+	bash test/bench/run.sh
+
+soak:
+	bash test/soak/run.sh
 
 print-regress:
 	@echo $(REGRESS)
