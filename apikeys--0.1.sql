@@ -465,19 +465,225 @@ COMMENT ON FUNCTION apikeys.apikey_analytics(text, integer) IS
 	'Valid calls of an owner''s keys over the last days (1 to 90) UTC days, as the HTTP API''s camelCase JSON';
 
 ------------------------------------------------------------------------------
--- Privileges: nothing for PUBLIC; admin manages, validator validates, anon
--- reaches only the HTTP schema.
+-- Authentication for the HTTP API (see src/identity.c): the key that
+-- authenticated the current transaction, held in C and never settable
+-- from SQL.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION apikeys._authenticate(key text, permission text, forwarded_for text)
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'apikeys_authenticate';
+COMMENT ON FUNCTION apikeys._authenticate(text, text, text) IS
+	'Internal: validates a request''s key (PT401/PT403 on failure) and remembers it until the transaction ends';
+
+CREATE FUNCTION apikeys._auth_key_id() RETURNS text
+LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'apikeys_auth_key_id';
+COMMENT ON FUNCTION apikeys._auth_key_id() IS
+	'Internal: id of the key that authenticated this transaction, or NULL';
+CREATE FUNCTION apikeys._auth_owner() RETURNS text
+LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'apikeys_auth_owner';
+COMMENT ON FUNCTION apikeys._auth_owner() IS
+	'Internal: owner of the key that authenticated this transaction, or NULL';
+CREATE FUNCTION apikeys._auth_scope() RETURNS text
+LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'apikeys_auth_scope';
+COMMENT ON FUNCTION apikeys._auth_scope() IS
+	'Internal: scope of the key that authenticated this transaction, or NULL';
+
+CREATE FUNCTION apikeys._scope_covers(granting text, target text) RETURNS boolean
+LANGUAGE C STABLE STRICT AS 'MODULE_PATHNAME', 'apikeys_scope_covers';
+COMMENT ON FUNCTION apikeys._scope_covers(text, text) IS
+	'Internal: true if scope granting grants every permission of scope target (NULL if target does not exist)';
+
+-- The authenticated owner, or PT401 when the transaction is not authenticated.
+CREATE FUNCTION apikeys._require_auth_owner() RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o text := apikeys._auth_owner();
+BEGIN
+	IF o IS NULL THEN
+		RAISE EXCEPTION 'not authenticated'
+			USING ERRCODE = 'PT401',
+				  HINT = 'Requests must go through PostgREST with apikeys_api.pre_request as db-pre-request.';
+	END IF;
+	RETURN o;
+END
+$$;
+COMMENT ON FUNCTION apikeys._require_auth_owner() IS
+	'Internal: the authenticated owner, or PT401';
+
+------------------------------------------------------------------------------
+-- The HTTP API, served by PostgREST (db-schemas = apikeys_api,
+-- db-pre-request = apikeys_api.pre_request).  Every request authenticates
+-- with its X-API-Key header and acts on that key's owner only.
 ------------------------------------------------------------------------------
 
 CREATE SCHEMA apikeys_api;
 COMMENT ON SCHEMA apikeys_api IS
 	'The HTTP API exposed through PostgREST; reachable by apikeys_anon only';
 
+CREATE FUNCTION apikeys_api.pre_request()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	headers jsonb := COALESCE(NULLIF(pg_catalog.current_setting('request.headers', true), ''), '{}')::jsonb;
+	method text := pg_catalog.upper(COALESCE(NULLIF(pg_catalog.current_setting('request.method', true), ''), 'GET'));
+	path text := COALESCE(NULLIF(pg_catalog.current_setting('request.path', true), ''), '/');
+	permission text;
+BEGIN
+	-- key management needs api-keys:read to look and api-keys:write to change;
+	-- anything else (the credits check) needs only a valid key
+	IF path OPERATOR(pg_catalog.=) ANY ('{/rpc/create_key,/rpc/revoke_key}') THEN
+		permission := 'api-keys:write';
+	ELSIF path OPERATOR(pg_catalog.=) ANY ('{/rpc/list_keys,/rpc/analytics}') THEN
+		permission := CASE WHEN method OPERATOR(pg_catalog.=) ANY ('{GET,HEAD}')
+						   THEN 'api-keys:read' ELSE 'api-keys:write' END;
+	END IF;
+	PERFORM apikeys._authenticate(headers OPERATOR(pg_catalog.->>) 'x-api-key', permission,
+								  headers OPERATOR(pg_catalog.->>) 'x-forwarded-for');
+END
+$$;
+COMMENT ON FUNCTION apikeys_api.pre_request() IS
+	'PostgREST db-pre-request: authenticates the X-API-Key header (PT401/PT403) for the request''s transaction';
+
+CREATE FUNCTION apikeys_api.create_key(jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	body jsonb := COALESCE($1, '{}');
+	caller text := apikeys._require_auth_owner();
+	caller_scope text := apikeys._auth_scope();
+	wanted_scope text;
+	extra text;
+	ips cidr[];
+	days integer;
+	k apikeys.new_key;
+BEGIN
+	IF pg_catalog.jsonb_typeof(body) OPERATOR(pg_catalog.<>) 'object' THEN
+		RAISE EXCEPTION 'request body must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT pg_catalog.string_agg(f, ', ' ORDER BY f) INTO extra
+	  FROM pg_catalog.jsonb_object_keys(body) AS f
+	 WHERE f OPERATOR(pg_catalog.<>) ALL ('{name,scope,ipRestrictions,expiresInDays,prefix,metadata}');
+	IF extra IS NOT NULL THEN
+		RAISE EXCEPTION 'unknown field in request body: %', extra
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The fields are name, scope, ipRestrictions, expiresInDays, prefix and metadata.';
+	END IF;
+	IF pg_catalog.jsonb_typeof(body OPERATOR(pg_catalog.->) 'ipRestrictions')
+	   OPERATOR(pg_catalog.<>) ALL ('{array,null}') THEN
+		RAISE EXCEPTION 'ipRestrictions must be an array of networks' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF pg_catalog.jsonb_typeof(body OPERATOR(pg_catalog.->) 'expiresInDays')
+	   OPERATOR(pg_catalog.<>) ALL ('{number,null}') THEN
+		RAISE EXCEPTION 'expiresInDays must be a number of days' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	wanted_scope := COALESCE(body OPERATOR(pg_catalog.->>) 'scope', 'full');
+	-- a key can only mint keys whose every permission its own scope grants
+	IF NOT COALESCE(apikeys._scope_covers(caller_scope, wanted_scope), true) THEN
+		RAISE EXCEPTION 'scope "%" grants more than this key''s scope "%"', wanted_scope, caller_scope
+			USING ERRCODE = 'PT403';
+	END IF;
+	ips := ARRAY(SELECT e::cidr FROM pg_catalog.jsonb_array_elements_text(
+					 COALESCE(NULLIF(body OPERATOR(pg_catalog.->) 'ipRestrictions', 'null'), '[]')) AS e);
+	days := (body OPERATOR(pg_catalog.->>) 'expiresInDays')::integer;
+
+	k := apikeys.apikey_create(caller, body OPERATOR(pg_catalog.->>) 'name', wanted_scope, ips, days,
+							   body OPERATOR(pg_catalog.->>) 'prefix',
+							   NULLIF(body OPERATOR(pg_catalog.->) 'metadata', 'null'));
+	PERFORM pg_catalog.set_config('response.status', '201', true);
+	RETURN pg_catalog.jsonb_build_object(
+		'id', k.id, 'name', k.name, 'prefix', k.prefix, 'key', k.key, 'scope', k.scope,
+		'ipRestrictions', pg_catalog.to_jsonb(k.ip_restrictions),
+		'expiresAt', k.expires_at, 'createdAt', k.created_at, 'warning', k.warning);
+END
+$$;
+COMMENT ON FUNCTION apikeys_api.create_key(jsonb) IS
+	'POST /v1/api-keys: mints a key for the caller''s owner, never with more permissions than the caller''s scope';
+
+CREATE FUNCTION apikeys_api.list_keys()
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+					   'id', l.id, 'name', l.name, 'prefix', l.prefix, 'scope', l.scope,
+					   'ipRestrictions', pg_catalog.to_jsonb(l.ip_restrictions),
+					   'expiresAt', l.expires_at, 'lastUsedAt', l.last_used_at,
+					   'createdAt', l.created_at, 'isRevoked', l.is_revoked)
+				   ORDER BY l.created_at DESC, l.id DESC), '[]')
+			  FROM apikeys.apikey_list(apikeys._require_auth_owner()) AS l);
+END
+$$;
+COMMENT ON FUNCTION apikeys_api.list_keys() IS
+	'GET /v1/api-keys: the caller''s owner''s keys, newest first, without key material';
+
+CREATE FUNCTION apikeys_api.analytics(days integer DEFAULT 30)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN apikeys.apikey_analytics(apikeys._require_auth_owner(), analytics.days);
+END
+$$;
+COMMENT ON FUNCTION apikeys_api.analytics(integer) IS
+	'GET /v1/api-keys/analytics?days=N: usage of the caller''s owner''s keys';
+
+CREATE FUNCTION apikeys_api.revoke_key(id text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM apikeys.apikey_revoke(revoke_key.id, apikeys._require_auth_owner());
+EXCEPTION WHEN no_data_found THEN
+	RAISE EXCEPTION 'api key "%" does not exist', revoke_key.id USING ERRCODE = 'PT404';
+END
+$$;
+COMMENT ON FUNCTION apikeys_api.revoke_key(text) IS
+	'DELETE /v1/api-keys/:id: revokes one of the caller''s owner''s keys (404 for any other id)';
+
+CREATE FUNCTION apikeys_api.credits()
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	result jsonb;
+BEGIN
+	PERFORM apikeys._require_auth_owner();
+	SELECT pg_catalog.jsonb_build_object('valid', true, 'keyId', k.id, 'name', k.name,
+										 'owner', k.owner, 'scope', k.scope,
+										 'expiresAt', k.expires_at)
+	  INTO result
+	  FROM apikeys.keys AS k
+	 WHERE k.id OPERATOR(pg_catalog.=) apikeys._auth_key_id();
+	RETURN result;
+END
+$$;
+COMMENT ON FUNCTION apikeys_api.credits() IS
+	'GET /v1/account/credits: answers 200 with the key''s identity when the key is valid';
+
+------------------------------------------------------------------------------
+-- Privileges: nothing for PUBLIC; admin manages, validator validates, anon
+-- reaches only the HTTP schema.
+------------------------------------------------------------------------------
+
 REVOKE ALL ON SCHEMA apikeys FROM PUBLIC;
 REVOKE ALL ON SCHEMA apikeys_api FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA apikeys FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA apikeys FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA apikeys FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA apikeys_api FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA apikeys TO apikeys_admin, apikeys_validator;
 GRANT USAGE ON SCHEMA apikeys_api TO apikeys_anon;
@@ -493,6 +699,7 @@ GRANT EXECUTE ON FUNCTION
 	apikeys.flush_usage()
 TO apikeys_admin;
 GRANT EXECUTE ON FUNCTION apikeys.apikey_validate(text, text, inet) TO apikeys_validator;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA apikeys_api TO apikeys_anon;
 
 -- Neither table holds key material: administrators manage scopes and read
 -- the audit trail directly.

@@ -97,6 +97,13 @@ define_server_gucs(void)
 							60, 1, 86400,
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("apikeys.trusted_proxies",
+							"Number of reverse proxies in front of PostgREST whose X-Forwarded-For entries are trusted.",
+							"The client address is the entry this many places from the right; 0 means the address is always unknown.",
+							&apikeys_trusted_proxies,
+							1, 0, 16,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("apikeys.usage_retention_days",
 							"Usage rows older than this many days are deleted.",
 							NULL,

@@ -8,8 +8,8 @@
  * the returned row: it is never passed to SPI, logged or put in a message.
  *
  * apikey_validate answers every key with an outcome row, never an error, and
- * writes nothing: it reads through lookup.c under the statement's snapshot
- * and counts the call in shared memory (usage.c).
+ * writes nothing: validate.c decides, reading through lookup.c under the
+ * statement's snapshot and counting the call in shared memory.
  */
 #include "postgres.h"
 
@@ -19,15 +19,13 @@
 #include "mb/pg_wchar.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/inet.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
 #include "apikeys.h"
 #include "keyformat.h"
 #include "lookup.h"
-#include "scope_match.h"
-#include "usage.h"
+#include "validate.h"
 
 PG_FUNCTION_INFO_V1(apikey_create);
 PG_FUNCTION_INFO_V1(apikey_validate);
@@ -36,23 +34,6 @@ PG_FUNCTION_INFO_V1(apikey_validate);
 #define MAX_LIFETIME_DAYS	365
 #define CREATE_WARNING \
 	"Store this key now: it is shown only once and cannot be recovered."
-
-/* Outcome codes of apikey_validate, in the order the checks run. */
-typedef enum Outcome
-{
-	OUTCOME_VALID,
-	OUTCOME_MALFORMED,
-	OUTCOME_NOT_FOUND,
-	OUTCOME_REVOKED,
-	OUTCOME_EXPIRED,
-	OUTCOME_IP_NOT_ALLOWED,
-	OUTCOME_INSUFFICIENT_SCOPE
-} Outcome;
-
-static const char *const outcome_codes[] = {
-	"valid", "malformed", "not_found", "revoked", "expired",
-	"ip_not_allowed", "insufficient_scope"
-};
 
 /* ----------------------------------------------------------------------
  * apikey_create
@@ -313,66 +294,6 @@ apikey_create(PG_FUNCTION_ARGS)
  * ----------------------------------------------------------------------
  */
 
-/* The address to check: the client_ip argument, else the connection's; false if unknown. */
-static bool
-client_address(FunctionCallInfo fcinfo, Datum *addr)
-{
-	LOCAL_FCINFO(inner, 0);
-	Datum		d;
-
-	if (!PG_ARGISNULL(2))
-	{
-		*addr = PG_GETARG_DATUM(2);
-		return true;
-	}
-	InitFunctionCallInfoData(*inner, NULL, 0, InvalidOid, NULL, NULL);
-	d = inet_client_addr(inner);
-	if (inner->isnull)
-		return false;
-	*addr = d;
-	return true;
-}
-
-/* True if addr falls inside one of the networks. */
-static bool
-address_allowed(Datum addr, ArrayType *networks)
-{
-	Datum	   *elems;
-	int			n;
-
-	deconstruct_array(networks, CIDROID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
-	for (int i = 0; i < n; i++)
-		if (DatumGetBool(DirectFunctionCall2(network_subeq, addr, elems[i])))
-			return true;
-	return false;
-}
-
-/* True if one of the scope's patterns grants permission. */
-static bool
-permission_granted(Datum scope, text *permission)
-{
-	ArrayType  *patterns = scope_permissions(scope);
-	Datum	   *elems;
-	bool	   *elemnulls;
-	int			n;
-
-	if (patterns == NULL)
-		return false;
-	deconstruct_array(patterns, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elemnulls, &n);
-	for (int i = 0; i < n; i++)
-	{
-		text	   *pattern;
-
-		if (elemnulls[i])
-			continue;
-		pattern = DatumGetTextPP(elems[i]);
-		if (scope_pattern_grants(VARDATA_ANY(pattern), VARSIZE_ANY_EXHDR(pattern),
-								 VARDATA_ANY(permission), VARSIZE_ANY_EXHDR(permission)))
-			return true;
-	}
-	return false;
-}
-
 /* Forms the apikeys.validation row for outcome, with the key's details if known. */
 static Datum
 validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row)
@@ -416,48 +337,24 @@ validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row)
 /*
  * apikey_validate(key, permission, client_ip) returns apikeys.validation
  *
- * Checks run in the contract's order: format, existence, revoked, expired,
- * IP allowlist, permission.  Expiry is judged by expires_at against the
- * statement's start time, whether or not the worker has marked the key.
+ * Never raises for a bad key: every key gets an outcome row.
  */
 Datum
 apikey_validate(PG_FUNCTION_ARGS)
 {
-	text	   *key;
-	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	KeyRow		row;
 	Datum		addr;
-	TimestampTz now;
 	Outcome		outcome;
 
 	apikeys_require_preload();
 
-	if (PG_ARGISNULL(0))
-		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_MALFORMED, NULL));
-	key = PG_GETARG_TEXT_PP(0);
-	if (!apikey_parse(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), NULL))
-		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_MALFORMED, NULL));
-
-	apikey_digest(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), digest);
-	if (!apikey_lookup(digest, &row))
-		PG_RETURN_DATUM(validation_result(fcinfo, OUTCOME_NOT_FOUND, NULL));
-
-	now = GetCurrentStatementStartTimestamp();
-	if (row.revoked)
-		outcome = OUTCOME_REVOKED;
-	else if (row.has_expiry && row.expires_at <= now)
-		outcome = OUTCOME_EXPIRED;
-	else if (row.ip_restrictions != NULL &&
-			 ArrayGetNItems(ARR_NDIM(row.ip_restrictions), ARR_DIMS(row.ip_restrictions)) > 0 &&
-			 (!client_address(fcinfo, &addr) || !address_allowed(addr, row.ip_restrictions)))
-		outcome = OUTCOME_IP_NOT_ALLOWED;
-	else if (!PG_ARGISNULL(1) && !permission_granted(row.scope, PG_GETARG_TEXT_PP(1)))
-		outcome = OUTCOME_INSUFFICIENT_SCOPE;
-	else
-		outcome = OUTCOME_VALID;
-
-	/* every validation of a known key is counted, valid or rejected */
-	usage_count(row.keys_relid, row.id, outcome == OUTCOME_VALID, now);
-
-	PG_RETURN_DATUM(validation_result(fcinfo, outcome, &row));
+	if (!PG_ARGISNULL(2))
+		addr = PG_GETARG_DATUM(2);
+	outcome = apikey_check(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0),
+						   PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1),
+						   PG_ARGISNULL(2) ? NULL : &addr,
+						   ADDRESS_GIVEN_OR_CONNECTION, &row);
+	PG_RETURN_DATUM(validation_result(fcinfo, outcome,
+									  (outcome == OUTCOME_MALFORMED ||
+									   outcome == OUTCOME_NOT_FOUND) ? NULL : &row));
 }

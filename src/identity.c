@@ -1,0 +1,263 @@
+/*
+ * identity.c
+ *		Which key authenticated the current transaction, for the HTTP API.
+ *
+ * apikeys._authenticate() is what apikeys_api.pre_request calls at the start
+ * of each PostgREST request (one transaction per request).  It validates the
+ * key from the request headers, raising PT401 or PT403 when it fails, and
+ * when it passes remembers the key's id, owner and scope in this backend's
+ * memory.  The HTTP endpoints act on that owner only.
+ *
+ * The identity cannot be forged from SQL: it lives in C variables, not in a
+ * setting or a table, so set_config() and friends cannot touch it; only a
+ * successful _authenticate sets it, and it is cleared when the transaction
+ * ends, and when the subtransaction that set it aborts.
+ *
+ * The client address comes from X-Forwarded-For: with apikeys.trusted_proxies
+ * = N, the N-th entry from the right is the one the outermost trusted proxy
+ * saw; entries further left were written by the client and are never used.
+ */
+#include "postgres.h"
+
+#include <sys/socket.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/inet.h"
+#include "utils/memutils.h"
+
+#include "apikeys.h"
+#include "validate.h"
+
+#define ERRCODE_PT401	MAKE_SQLSTATE('P','T','4','0','1')
+#define ERRCODE_PT403	MAKE_SQLSTATE('P','T','4','0','3')
+
+int			apikeys_trusted_proxies = 1;
+
+typedef struct Identity
+{
+	bool		set;
+	SubTransactionId subxact;	/* the subtransaction that set it */
+	char	   *key_id;
+	char	   *owner;
+	char	   *scope;
+} Identity;
+
+static Identity identity;
+static bool callbacks_registered = false;
+
+PG_FUNCTION_INFO_V1(apikeys_authenticate);
+PG_FUNCTION_INFO_V1(apikeys_auth_key_id);
+PG_FUNCTION_INFO_V1(apikeys_auth_owner);
+PG_FUNCTION_INFO_V1(apikeys_auth_scope);
+PG_FUNCTION_INFO_V1(apikeys_scope_covers);
+
+static void
+identity_clear(void)
+{
+	if (identity.key_id)
+		pfree(identity.key_id);
+	if (identity.owner)
+		pfree(identity.owner);
+	if (identity.scope)
+		pfree(identity.scope);
+	memset(&identity, 0, sizeof(identity));
+}
+
+static void
+identity_xact_callback(XactEvent event, void *arg)
+{
+	if (identity.set)
+		identity_clear();
+}
+
+static void
+identity_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						  SubTransactionId parentSubid, void *arg)
+{
+	if (identity.set && event == SUBXACT_EVENT_ABORT_SUB && identity.subxact == mySubid)
+		identity_clear();
+	else if (identity.set && event == SUBXACT_EVENT_COMMIT_SUB && identity.subxact == mySubid)
+		identity.subxact = parentSubid;
+}
+
+/* Remembers the authenticated key until the end of the transaction. */
+static void
+identity_set(const KeyRow *row)
+{
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(identity_xact_callback, NULL);
+		RegisterSubXactCallback(identity_subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+	identity_clear();
+	identity.key_id = MemoryContextStrdup(TopMemoryContext, TextDatumGetCString(row->id));
+	identity.owner = MemoryContextStrdup(TopMemoryContext, TextDatumGetCString(row->owner));
+	identity.scope = MemoryContextStrdup(TopMemoryContext, TextDatumGetCString(row->scope));
+	identity.subxact = GetCurrentSubTransactionId();
+	identity.set = true;
+}
+
+/* Parses one address; false if it is not an IPv4 or IPv6 address. */
+static bool
+parse_address(const char *s, Datum *out)
+{
+	inet	   *addr = palloc0(sizeof(inet));
+	int			bits;
+
+	ip_family(addr) = strchr(s, ':') ? PGSQL_AF_INET6 : PGSQL_AF_INET;
+	bits = pg_inet_net_pton(ip_family(addr), s, ip_addr(addr), -1);
+	if (bits < 0 || bits > ip_maxbits(addr))
+		return false;
+	ip_bits(addr) = bits;
+	SET_INET_VARSIZE(addr);
+	*out = InetPGetDatum(addr);
+	return true;
+}
+
+/*
+ * The client address from an X-Forwarded-For value: the trusted_proxies-th
+ * entry from the right.  False if there is no such entry or it is not an
+ * address (the client is then unknown).
+ */
+static bool
+forwarded_client(const char *header, int trusted, Datum *out)
+{
+	char	   *copy;
+	char	   *entries[64];
+	int			n = 0;
+	char	   *entry;
+	char	   *save;
+
+	if (header == NULL || trusted < 1)
+		return false;
+	copy = pstrdup(header);
+	for (entry = strtok_r(copy, ",", &save); entry != NULL; entry = strtok_r(NULL, ",", &save))
+	{
+		if (n == lengthof(entries))
+			memmove(entries, entries + 1, sizeof(entries[0]) * --n);	/* keep the rightmost */
+		entries[n++] = entry;
+	}
+	if (trusted > n)
+		return false;
+	entry = entries[n - trusted];
+	while (*entry == ' ' || *entry == '\t')
+		entry++;
+	for (char *end = entry + strlen(entry); end > entry && (end[-1] == ' ' || end[-1] == '\t');)
+		*--end = '\0';
+	return *entry != '\0' && parse_address(entry, out);
+}
+
+/*
+ * apikeys._authenticate(key, permission, forwarded_for): validates the
+ * request's key; PT401/PT403 on failure, else remembers it for this
+ * transaction.
+ */
+Datum
+apikeys_authenticate(PG_FUNCTION_ARGS)
+{
+	text	   *key = PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0);
+	text	   *permission = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
+	Datum		addr;
+	bool		known;
+	KeyRow		row;
+	Outcome		outcome;
+
+	apikeys_require_preload();
+	if (identity.set)
+		identity_clear();
+
+	if (key == NULL || VARSIZE_ANY_EXHDR(key) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PT401),
+				 errmsg("missing api key"),
+				 errhint("Send the key in the X-API-Key header.")));
+
+	known = forwarded_client(PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)),
+							 apikeys_trusted_proxies, &addr);
+	outcome = apikey_check(key, permission, known ? &addr : NULL, ADDRESS_GIVEN, &row);
+
+	switch (outcome)
+	{
+		case OUTCOME_VALID:
+			identity_set(&row);
+			break;
+		case OUTCOME_MALFORMED:
+			ereport(ERROR, (errcode(ERRCODE_PT401), errmsg("malformed api key")));
+			break;
+		case OUTCOME_NOT_FOUND:
+			ereport(ERROR, (errcode(ERRCODE_PT401), errmsg("unknown api key")));
+			break;
+		case OUTCOME_REVOKED:
+			ereport(ERROR, (errcode(ERRCODE_PT401), errmsg("api key has been revoked")));
+			break;
+		case OUTCOME_EXPIRED:
+			ereport(ERROR, (errcode(ERRCODE_PT401), errmsg("api key has expired")));
+			break;
+		case OUTCOME_IP_NOT_ALLOWED:
+			ereport(ERROR,
+					(errcode(ERRCODE_PT403),
+					 errmsg("api key is not allowed from this address"),
+					 known ? errdetail("The request came from %s.",
+									   DatumGetCString(DirectFunctionCall1(inet_out, addr)))
+					 : errdetail("The client address is unknown.")));
+			break;
+		case OUTCOME_INSUFFICIENT_SCOPE:
+			ereport(ERROR,
+					(errcode(ERRCODE_PT403),
+					 errmsg("api key lacks permission \"%s\"", text_to_cstring(permission)),
+					 errdetail("Its scope \"%s\" does not grant it.",
+							   TextDatumGetCString(row.scope))));
+			break;
+	}
+	PG_RETURN_VOID();
+}
+
+/* The authenticated key's id, owner or scope; NULL outside an authenticated transaction. */
+Datum
+apikeys_auth_key_id(PG_FUNCTION_ARGS)
+{
+	if (!identity.set)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(identity.key_id));
+}
+
+Datum
+apikeys_auth_owner(PG_FUNCTION_ARGS)
+{
+	if (!identity.set)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(identity.owner));
+}
+
+Datum
+apikeys_auth_scope(PG_FUNCTION_ARGS)
+{
+	if (!identity.set)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(identity.scope));
+}
+
+/*
+ * apikeys._scope_covers(granting, target): true if scope granting grants
+ * every permission of scope target (NULL if target does not exist).
+ */
+Datum
+apikeys_scope_covers(PG_FUNCTION_ARGS)
+{
+	ArrayType  *wanted = scope_permissions(PG_GETARG_DATUM(1));
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (wanted == NULL)
+		PG_RETURN_NULL();
+	deconstruct_array(wanted, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!nulls[i] && !scope_grants(PG_GETARG_DATUM(0), DatumGetTextPP(elems[i])))
+			PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(true);
+}

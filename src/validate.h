@@ -1,0 +1,43 @@
+/*
+ * validate.h
+ *		The validation decision shared by apikey_validate and the HTTP
+ *		pre-request: which outcome a key gets, with the call counted.
+ */
+#ifndef APIKEYS_VALIDATE_H
+#define APIKEYS_VALIDATE_H
+
+#include "lookup.h"
+
+/* Outcome codes, in the order the checks run. */
+typedef enum Outcome
+{
+	OUTCOME_VALID,
+	OUTCOME_MALFORMED,
+	OUTCOME_NOT_FOUND,
+	OUTCOME_REVOKED,
+	OUTCOME_EXPIRED,
+	OUTCOME_IP_NOT_ALLOWED,
+	OUTCOME_INSUFFICIENT_SCOPE
+} Outcome;
+
+extern const char *const outcome_codes[];
+
+/* How to learn the client's address when the key has an allowlist. */
+typedef enum AddressSource
+{
+	ADDRESS_GIVEN,				/* the address passed in (NULL: unknown) */
+	ADDRESS_GIVEN_OR_CONNECTION /* the address passed in, else inet_client_addr() */
+} AddressSource;
+
+/*
+ * Checks key (NULL counts as malformed) for permission (NULL: none) from
+ * address addr (NULL: see source).  Fills *row when the key exists, and
+ * counts the call of every existing key in the usage counters.
+ */
+extern Outcome apikey_check(text *key, text *permission, Datum *addr,
+							AddressSource source, KeyRow *row);
+
+/* True if one of scope's permission patterns grants permission. */
+extern bool scope_grants(Datum scope, text *permission);
+
+#endif							/* APIKEYS_VALIDATE_H */
