@@ -122,6 +122,27 @@ CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON apikeys.audit
 CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON apikeys.audit
 	FOR EACH STATEMENT EXECUTE FUNCTION apikeys.audit_append_only();
 
+-- Validation caches keys and scopes in each backend; any change to what it
+-- reads invalidates every backend's cache when the change commits.  (The
+-- worker's last_used_at and expired_at updates do not concern validation.)
+CREATE FUNCTION apikeys._invalidate_cache()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'apikeys_invalidate_cache';
+COMMENT ON FUNCTION apikeys._invalidate_cache() IS
+	'Trigger function: makes every backend drop its cached keys and scopes at commit';
+
+CREATE TRIGGER keys_invalidate_cache
+	AFTER UPDATE OF id, owner, name, digest, scope, ip_restrictions, metadata,
+		expires_at, revoked_at OR DELETE OR TRUNCATE ON apikeys.keys
+	FOR EACH STATEMENT EXECUTE FUNCTION apikeys._invalidate_cache();
+CREATE TRIGGER scopes_invalidate_cache
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikeys.scopes
+	FOR EACH STATEMENT EXECUTE FUNCTION apikeys._invalidate_cache();
+-- also when changes arrive through logical replication
+ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_invalidate_cache;
+ALTER TABLE apikeys.scopes ENABLE ALWAYS TRIGGER scopes_invalidate_cache;
+
 -- pg_dump keeps user data of extension tables only when asked to.  Shipped
 -- scopes are part of the script, so only scopes added later are dumped.
 SELECT pg_catalog.pg_extension_config_dump('apikeys.scopes',

@@ -20,6 +20,7 @@
 
 #include "apikeys.h"
 #include "keyformat.h"
+#include "lookup.h"
 #include "usage.h"
 #include "worker.h"
 
@@ -124,6 +125,13 @@ _PG_init(void)
 							   PGC_USERSET,
 							   0,
 							   check_default_prefix, NULL, NULL);
+	DefineCustomIntVariable("apikeys.backend_cache_keys",
+							"Keys each backend keeps cached for validation (0 disables the cache).",
+							"About 300 bytes per cached key; changes to keys and scopes invalidate it at commit.",
+							&apikeys_backend_cache_keys,
+							16384, 0, 1000000,
+							PGC_USERSET, 0,
+							NULL, NULL, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 	{

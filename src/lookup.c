@@ -5,13 +5,26 @@
  * Keys are found by a direct index scan on apikeys.keys(digest), the way the
  * catalogs are read: no parser, planner or executor, and no permission check,
  * so apikey_validate needs neither SECURITY DEFINER nor table privileges of
- * its caller (EXECUTE on the function is the gate).  Scans use the active
- * snapshot, so a revocation is seen exactly by the statements that start
- * after it commits, as with any query.
+ * its caller (EXECUTE on the function is the gate).
  *
- * Each backend caches the OIDs of the tables and indexes and the attribute
- * numbers it reads; a relcache invalidation of any of them (DDL, or DROP and
- * CREATE EXTENSION) clears the cache and it is looked up again on next use.
+ * Each backend keeps what it read in a cache keyed by digest (and scopes'
+ * permissions by name), bounded by apikeys.backend_cache_keys.  The cache
+ * follows the syscache's rules:
+ *	- Statement-level triggers on apikeys.keys (the columns validation reads)
+ *	  and apikeys.scopes send a relcache invalidation, which every backend
+ *	  receives when the changing transaction commits (and the changing
+ *	  backend at its next command).  The relcache callback marks the cache
+ *	  stale; it is emptied at the start of the next lookup, never while a
+ *	  caller still holds pointers into it.
+ *	- Every lookup first accepts pending invalidations, and a miss reads the
+ *	  latest committed state, so a revocation is seen by every validation
+ *	  that starts after the revoking transaction commits, in every session,
+ *	  whatever the caller's isolation level.
+ *	- A row read during a miss is cached only if no invalidation arrived
+ *	  meanwhile and no write of the current transaction is involved.
+ *
+ * The OIDs and attribute numbers of our tables are cached too, and reloaded
+ * after any invalidation of those relations (DDL, DROP/CREATE EXTENSION).
  */
 #include "postgres.h"
 
@@ -19,18 +32,24 @@
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
+#include "commands/trigger.h"
 #include "common/cryptohash.h"
-#include "lib/stringinfo.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
-#include "utils/inval.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
 #include "lookup.h"
+
+int			apikeys_backend_cache_keys = 16384;
 
 /* Where the rows live; valid only while 'valid' is true. */
 typedef struct Catalog
@@ -53,17 +72,37 @@ typedef struct Catalog
 	AttrNumber	s_permissions;
 } Catalog;
 
+typedef struct CachedKey
+{
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];	/* hash key */
+	KeyRow		row;			/* datums allocated in cache_cxt */
+} CachedKey;
+
+typedef struct CachedScope
+{
+	char		name[NAMEDATALEN * 2];	/* hash key; longer names are not cached */
+	ArrayType  *permissions;	/* in cache_cxt; NULL: no such scope */
+} CachedScope;
+
 static Catalog catalog;
 static bool callback_registered = false;
 
-/* Relcache callback: forget the cache when any relation of ours changes. */
+static MemoryContext cache_cxt = NULL;
+static HTAB *key_cache = NULL;
+static HTAB *scope_cache = NULL;
+static bool cache_stale = false;
+
+/* Relcache callback: an invalidation of our relations makes everything stale. */
 static void
 catalog_invalidate(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == catalog.keys ||
 		relid == catalog.keys_digest_idx || relid == catalog.scopes ||
 		relid == catalog.scopes_pkey)
+	{
 		catalog.valid = false;
+		cache_stale = true;
+	}
 }
 
 /* Attribute number of column in rel, or an error naming what is missing. */
@@ -95,7 +134,7 @@ relation(Oid nsp, const char *name)
 	return relid;
 }
 
-/* Fills the cache if it is not valid. */
+/* Fills the catalog cache if it is not valid. */
 static void
 catalog_load(void)
 {
@@ -141,11 +180,65 @@ apikeys_keys_relid(void)
 	return catalog.keys;
 }
 
-/* The snapshot a query in this statement would use. */
-static Snapshot
-statement_snapshot(void)
+/* Empties the caches (creating them on first use). */
+static void
+cache_reset(void)
 {
-	return ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
+	HASHCTL		info;
+
+	if (cache_cxt == NULL)
+		cache_cxt = AllocSetContextCreate(TopMemoryContext, "apikeys key cache",
+										  ALLOCSET_DEFAULT_SIZES);
+	else
+		MemoryContextReset(cache_cxt);
+
+	info.keysize = PG_SHA256_DIGEST_LENGTH;
+	info.entrysize = sizeof(CachedKey);
+	info.hcxt = cache_cxt;
+	key_cache = hash_create("apikeys key cache", 256, &info,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	info.keysize = sizeof(((CachedScope *) NULL)->name);
+	info.entrysize = sizeof(CachedScope);
+	scope_cache = hash_create("apikeys scope cache", 16, &info,
+							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	cache_stale = false;
+}
+
+/*
+ * Brings the caches up to date with every committed change: takes pending
+ * invalidations and empties the caches if any concerned our tables.
+ */
+static void
+cache_begin(void)
+{
+	AcceptInvalidationMessages();
+	catalog_load();
+	if (key_cache == NULL || cache_stale)
+		cache_reset();
+}
+
+/* True if the current transaction wrote this tuple version (or may have). */
+static bool
+written_by_us(HeapTuple tuple)
+{
+	HeapTupleHeader h = tuple->t_data;
+
+	if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmin(h)))
+		return true;
+	if (h->t_infomask & HEAP_XMAX_IS_MULTI)
+		return true;
+	return TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmax(h));
+}
+
+/* Copies a by-reference datum into cxt, detoasted. */
+static Datum
+copy_varlena(Datum d, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	Datum		copy = PointerGetDatum(PG_DETOAST_DATUM_COPY(d));
+
+	MemoryContextSwitchTo(old);
+	return copy;
 }
 
 void
@@ -165,28 +258,35 @@ apikey_digest(const char *key, size_t len, uint8 digest[PG_SHA256_DIGEST_LENGTH]
 	pg_cryptohash_free(ctx);
 }
 
-bool
-apikey_lookup(const uint8 digest[PG_SHA256_DIGEST_LENGTH], KeyRow *row)
+/*
+ * Reads the key with this digest from the table under the latest snapshot
+ * into *row (datums allocated in cxt); false if there is none.  *cacheable
+ * says whether the current transaction had no hand in the row read.
+ */
+static bool
+read_key(const uint8 *digest, KeyRow *row, MemoryContext cxt, bool *cacheable)
 {
 	Relation	rel;
+	Relation	idx;
 	SysScanDesc scan;
 	ScanKeyData skey;
 	HeapTuple	tuple;
 	bytea	   *wanted;
 	bool		found = false;
 
-	catalog_load();
-
 	wanted = palloc(VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
 	SET_VARSIZE(wanted, VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
 	memcpy(VARDATA(wanted), digest, PG_SHA256_DIGEST_LENGTH);
 
+	/* lock both first: lock acquisition accepts invalidations, the snapshot follows */
 	rel = table_open(catalog.keys, AccessShareLock);
+	idx = index_open(catalog.keys_digest_idx, AccessShareLock);
 	ScanKeyInit(&skey, catalog.k_digest, BTEqualStrategyNumber, F_BYTEAEQ,
 				PointerGetDatum(wanted));
 	scan = systable_beginscan(rel, catalog.keys_digest_idx, true,
-							  statement_snapshot(), 1, &skey);
+							  GetLatestSnapshot(), 1, &skey);
 
+	*cacheable = true;
 	tuple = systable_getnext(scan);
 	if (HeapTupleIsValid(tuple))
 	{
@@ -201,48 +301,96 @@ apikey_lookup(const uint8 digest[PG_SHA256_DIGEST_LENGTH], KeyRow *row)
 			timingsafe_bcmp(VARDATA_ANY(stored), digest, PG_SHA256_DIGEST_LENGTH) == 0)
 		{
 			found = true;
+			*cacheable = !written_by_us(tuple);
 			row->keys_relid = catalog.keys;
-			row->id = datumCopy(heap_getattr(tuple, catalog.k_id, desc, &isnull), false, -1);
-			row->owner = datumCopy(heap_getattr(tuple, catalog.k_owner, desc, &isnull), false, -1);
-			row->name = datumCopy(heap_getattr(tuple, catalog.k_name, desc, &isnull), false, -1);
-			row->scope = datumCopy(heap_getattr(tuple, catalog.k_scope, desc, &isnull), false, -1);
+			row->id = copy_varlena(heap_getattr(tuple, catalog.k_id, desc, &isnull), cxt);
+			row->owner = copy_varlena(heap_getattr(tuple, catalog.k_owner, desc, &isnull), cxt);
+			row->name = copy_varlena(heap_getattr(tuple, catalog.k_name, desc, &isnull), cxt);
+			row->scope = copy_varlena(heap_getattr(tuple, catalog.k_scope, desc, &isnull), cxt);
 			d = heap_getattr(tuple, catalog.k_ip_restrictions, desc, &isnull);
-			row->ip_restrictions = isnull ? NULL : DatumGetArrayTypePCopy(d);
+			row->ip_restrictions = isnull ? NULL : DatumGetArrayTypeP(copy_varlena(d, cxt));
 			d = heap_getattr(tuple, catalog.k_metadata, desc, &isnull);
-			row->metadata = isnull ? NULL : DatumGetJsonbPCopy(d);
-			d = heap_getattr(tuple, catalog.k_expires_at, desc, &row->has_expiry);
-			row->has_expiry = !row->has_expiry;
-			row->expires_at = row->has_expiry ? DatumGetTimestampTz(d) : 0;
+			row->metadata = isnull ? NULL : DatumGetJsonbP(copy_varlena(d, cxt));
+			d = heap_getattr(tuple, catalog.k_expires_at, desc, &isnull);
+			row->has_expiry = !isnull;
+			row->expires_at = isnull ? 0 : DatumGetTimestampTz(d);
 			(void) heap_getattr(tuple, catalog.k_revoked_at, desc, &isnull);
 			row->revoked = !isnull;
 		}
 	}
+	else
+		*cacheable = false;		/* absence is never cached */
 
 	systable_endscan(scan);
+	index_close(idx, AccessShareLock);
 	table_close(rel, AccessShareLock);
 	pfree(wanted);
 	return found;
 }
 
-ArrayType *
-scope_permissions(Datum scope)
+/*
+ * Finds the key with this digest as of the latest committed state (plus the
+ * current transaction's own changes); false if none.  The row's datums stay
+ * valid until the next call.
+ */
+bool
+apikey_lookup(const uint8 digest[PG_SHA256_DIGEST_LENGTH], KeyRow *row)
+{
+	CachedKey  *entry;
+	bool		cacheable;
+
+	cache_begin();
+
+	entry = hash_search(key_cache, digest, HASH_FIND, NULL);
+	if (entry)
+	{
+		*row = entry->row;
+		return true;
+	}
+
+	if (!read_key(digest, row, CurrentMemoryContext, &cacheable))
+		return false;
+
+	if (cacheable && !cache_stale && apikeys_backend_cache_keys > 0)
+	{
+		if (hash_get_num_entries(key_cache) >= apikeys_backend_cache_keys)
+			cache_reset();
+		entry = hash_search(key_cache, digest, HASH_ENTER, NULL);
+		entry->row = *row;
+		entry->row.id = copy_varlena(row->id, cache_cxt);
+		entry->row.owner = copy_varlena(row->owner, cache_cxt);
+		entry->row.name = copy_varlena(row->name, cache_cxt);
+		entry->row.scope = copy_varlena(row->scope, cache_cxt);
+		if (row->ip_restrictions)
+			entry->row.ip_restrictions =
+				DatumGetArrayTypeP(copy_varlena(PointerGetDatum(row->ip_restrictions), cache_cxt));
+		if (row->metadata)
+			entry->row.metadata =
+				DatumGetJsonbP(copy_varlena(PointerGetDatum(row->metadata), cache_cxt));
+	}
+	return true;
+}
+
+/* Reads scope's permissions from the table into cxt; NULL if no such scope. */
+static ArrayType *
+read_scope(Datum scope, MemoryContext cxt)
 {
 	Relation	rel;
+	Relation	idx;
 	SysScanDesc scan;
 	ScanKeyData skey;
 	HeapTuple	tuple;
 	ArrayType  *result = NULL;
 
-	catalog_load();
-
 	rel = table_open(catalog.scopes, AccessShareLock);
+	idx = index_open(catalog.scopes_pkey, AccessShareLock);
 	/* text comparison needs the collation the index was built with */
 	ScanKeyEntryInitialize(&skey, 0, catalog.s_name, BTEqualStrategyNumber,
 						   InvalidOid,
 						   TupleDescAttr(RelationGetDescr(rel), catalog.s_name - 1)->attcollation,
 						   F_TEXTEQ, scope);
 	scan = systable_beginscan(rel, catalog.scopes_pkey, true,
-							  statement_snapshot(), 1, &skey);
+							  GetLatestSnapshot(), 1, &skey);
 	tuple = systable_getnext(scan);
 	if (HeapTupleIsValid(tuple))
 	{
@@ -251,9 +399,57 @@ scope_permissions(Datum scope)
 									 RelationGetDescr(rel), &isnull);
 
 		if (!isnull)
-			result = DatumGetArrayTypePCopy(d);
+			result = DatumGetArrayTypeP(copy_varlena(d, cxt));
 	}
 	systable_endscan(scan);
+	index_close(idx, AccessShareLock);
 	table_close(rel, AccessShareLock);
 	return result;
+}
+
+ArrayType *
+scope_permissions(Datum scope)
+{
+	char	   *name = TextDatumGetCString(scope);
+	CachedScope *entry;
+	ArrayType  *result;
+
+	if (key_cache == NULL)
+		cache_begin();
+	catalog_load();
+
+	if (strlen(name) >= sizeof(entry->name))
+		return read_scope(scope, CurrentMemoryContext);
+
+	entry = cache_stale ? NULL : hash_search(scope_cache, name, HASH_FIND, NULL);
+	if (entry)
+		return entry->permissions;
+
+	result = read_scope(scope, CurrentMemoryContext);
+	if (!cache_stale && apikeys_backend_cache_keys > 0)
+	{
+		entry = hash_search(scope_cache, name, HASH_ENTER, NULL);
+		entry->permissions = result ?
+			DatumGetArrayTypeP(copy_varlena(PointerGetDatum(result), cache_cxt)) : NULL;
+	}
+	return result;
+}
+
+PG_FUNCTION_INFO_V1(apikeys_invalidate_cache);
+
+/*
+ * Statement-level trigger on apikeys.keys and apikeys.scopes: every backend
+ * drops its cached keys and scopes when this transaction commits.
+ */
+Datum
+apikeys_invalidate_cache(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("apikeys._invalidate_cache() must be called as a trigger")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	return PointerGetDatum(NULL);
 }

@@ -11,6 +11,9 @@
 #include "utils/array.h"
 #include "utils/jsonb.h"
 
+/* GUC apikeys.backend_cache_keys: keys each backend keeps cached (0: none). */
+extern int	apikeys_backend_cache_keys;
+
 /* What validation needs of one row of apikeys.keys, copied out of the buffer. */
 typedef struct KeyRow
 {
@@ -30,13 +33,18 @@ typedef struct KeyRow
 extern void apikey_digest(const char *key, size_t len,
 						  uint8 digest[PG_SHA256_DIGEST_LENGTH]);
 
-/* Finds the key with this digest under the active snapshot; false if none. */
+/*
+ * Finds the key with this digest as of the latest committed state (and the
+ * current transaction's own changes); false if none.  The row's datums stay
+ * valid until the next call.
+ */
 extern bool apikey_lookup(const uint8 digest[PG_SHA256_DIGEST_LENGTH], KeyRow *row);
 
 /* OID of apikeys.keys in this database (errors if the extension is missing). */
 extern Oid	apikeys_keys_relid(void);
 
-/* The permission patterns of scope (text datum) as a text[]; NULL if no such scope. */
+/* The permission patterns of scope (text datum) as a text[]; NULL if no such scope.
+ * Valid until the next apikey_lookup. */
 extern ArrayType *scope_permissions(Datum scope);
 
 #endif							/* APIKEYS_LOOKUP_H */
