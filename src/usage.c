@@ -18,10 +18,17 @@
  *	  flushed_last_used and unmatched_since are read and written only under
  *	  the exclusive lock.
  *
- * Durability: at postmaster shutdown (never after a crash) the counters not
- * yet flushed are written to pg_stat/apikeys_usage.stat, and read back and
- * the file removed when shared memory is next initialised.  After a crash
- * the counts since the last flush are lost.
+ * Exactly once: a flush marks each entry with its transaction id and the
+ * amounts it is writing; after commit it subtracts them and clears the mark.
+ * If the flushing worker dies, or the server stops, between its commit and
+ * that subtraction, the mark survives (in memory, or in the dump below) and
+ * the next flush subtracts the amounts once the commit log says the xid
+ * committed, or just clears the mark if it aborted.
+ *
+ * Durability: at postmaster exit (never after a crash) the counters not yet
+ * flushed are written to pg_stat/apikeys_usage.stat, and read back and the
+ * file removed when shared memory is next initialised.  After a crash the
+ * counts since the last flush are lost.
  *
  * On a hot standby nothing is counted: no worker can write there.
  */
@@ -29,6 +36,7 @@
 
 #include <unistd.h>
 
+#include "access/transam.h"
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -37,6 +45,7 @@
 #include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
+#include "storage/procarray.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -47,7 +56,7 @@
 
 #define USAGE_DUMP_FILE		PGSTAT_STAT_PERMANENT_DIRECTORY "/apikeys_usage.stat"
 #define USAGE_DUMP_MAGIC	0x41504b55	/* "APKU" */
-#define USAGE_DUMP_VERSION	1
+#define USAGE_DUMP_VERSION	2
 
 /* How long counts of a key that is not (yet) visible are kept for retry. */
 #define UNMATCHED_KEEP_USECS	(3600 * USECS_PER_SEC)
@@ -72,6 +81,9 @@ typedef struct UsageEntry
 	pg_atomic_uint64 last_used; /* latest valid call (TimestampTz) */
 	TimestampTz flushed_last_used;	/* last_used already written */
 	TimestampTz unmatched_since;	/* when a flush first found no such key */
+	TransactionId flush_xid;	/* flush in progress or unsettled, or invalid */
+	uint32		flushing_calls; /* what that flush is writing */
+	uint32		flushing_rejected;
 } UsageEntry;
 
 typedef struct UsageShared
@@ -89,6 +101,9 @@ typedef struct UsageDumpEntry
 	uint64		rejected;
 	TimestampTz last_used;
 	TimestampTz flushed_last_used;
+	TransactionId flush_xid;
+	uint32		flushing_calls;
+	uint32		flushing_rejected;
 } UsageDumpEntry;
 
 static UsageShared *shared = NULL;
@@ -150,6 +165,43 @@ entry_init(UsageEntry *entry)
 	pg_atomic_init_u64(&entry->last_used, 0);
 	entry->flushed_last_used = 0;
 	entry->unmatched_since = 0;
+	entry->flush_xid = InvalidTransactionId;
+	entry->flushing_calls = 0;
+	entry->flushing_rejected = 0;
+}
+
+/* Subtracts an in-progress flush's amounts from entry (exclusive lock held). */
+static void
+entry_subtract_flushed(UsageEntry *entry)
+{
+	pg_atomic_fetch_sub_u64(&entry->calls, entry->flushing_calls);
+	pg_atomic_fetch_sub_u64(&entry->rejected, entry->flushing_rejected);
+}
+
+/* Forgets entry's flush mark (exclusive lock held). */
+static void
+entry_clear_flush(UsageEntry *entry)
+{
+	entry->flush_xid = InvalidTransactionId;
+	entry->flushing_calls = 0;
+	entry->flushing_rejected = 0;
+}
+
+/*
+ * Settles a flush mark left by a flush that did not finish: subtracts its
+ * amounts if it committed.  False if that transaction is still running.
+ */
+static bool
+entry_settle_leftover(UsageEntry *entry, TransactionId current)
+{
+	if (!TransactionIdIsValid(entry->flush_xid) || entry->flush_xid == current)
+		return true;
+	if (TransactionIdIsInProgress(entry->flush_xid))
+		return false;
+	if (TransactionIdDidCommit(entry->flush_xid))
+		entry_subtract_flushed(entry);
+	entry_clear_flush(entry);
+	return true;
 }
 
 /* Adds one call to entry (any lock mode). */
@@ -240,6 +292,23 @@ usage_pressure(void)
 	return last != 0 && GetCurrentTimestamp() - last < PRESSURE_USECS;
 }
 
+bool
+usage_pending(Oid dbid)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	bool		found = false;
+
+	LWLockAcquire(shared->lock, LW_SHARED);
+	hash_seq_init(&seq, usage_hash);
+	while (!found && (entry = hash_seq_search(&seq)) != NULL)
+		found = (entry->key.dbid == dbid);
+	if (found)
+		hash_seq_term(&seq);
+	LWLockRelease(shared->lock);
+	return found;
+}
+
 /* Removes entry during a hash_seq_search (exclusive lock held). */
 static void
 entry_remove(UsageEntry *entry)
@@ -248,7 +317,7 @@ entry_remove(UsageEntry *entry)
 }
 
 UsageDelta *
-usage_collect(Oid dbid, Oid keys_relid, int *n)
+usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 {
 	HASH_SEQ_STATUS seq;
 	UsageEntry *entry;
@@ -274,8 +343,11 @@ usage_collect(Oid dbid, Oid keys_relid, int *n)
 			removed = true;
 			continue;
 		}
-		calls = pg_atomic_read_u64(&entry->calls);
-		rejected = pg_atomic_read_u64(&entry->rejected);
+		if (!entry_settle_leftover(entry, xid))
+			continue;
+		/* one flush writes at most 2^32-1 calls of an entry; the rest waits */
+		calls = Min(pg_atomic_read_u64(&entry->calls), PG_UINT32_MAX);
+		rejected = Min(pg_atomic_read_u64(&entry->rejected), PG_UINT32_MAX);
 		last_used = (TimestampTz) pg_atomic_read_u64(&entry->last_used);
 		if (calls == 0 && rejected == 0 && last_used <= entry->flushed_last_used)
 		{
@@ -290,6 +362,9 @@ usage_collect(Oid dbid, Oid keys_relid, int *n)
 		deltas[count].calls = (int64) calls;
 		deltas[count].rejected = (int64) rejected;
 		deltas[count].last_used = last_used > entry->flushed_last_used ? last_used : 0;
+		entry->flush_xid = xid;
+		entry->flushing_calls = (uint32) calls;
+		entry->flushing_rejected = (uint32) rejected;
 		count++;
 	}
 	LWLockRelease(shared->lock);
@@ -301,7 +376,7 @@ usage_collect(Oid dbid, Oid keys_relid, int *n)
 }
 
 void
-usage_settle(Oid dbid, Oid keys_relid, const UsageDelta *deltas,
+usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *deltas,
 			 const bool *matched, const bool *last_used_done, int n)
 {
 	TimestampTz now = GetCurrentTimestamp();
@@ -320,7 +395,7 @@ usage_settle(Oid dbid, Oid keys_relid, const UsageDelta *deltas,
 		key.day = deltas[i].day;
 		memcpy(key.key_id, deltas[i].key_id, APIKEY_ID_LEN);
 		entry = hash_search(usage_hash, &key, HASH_FIND, NULL);
-		if (entry == NULL)
+		if (entry == NULL || entry->flush_xid != xid)
 			continue;
 
 		if (!matched[i])
@@ -330,6 +405,7 @@ usage_settle(Oid dbid, Oid keys_relid, const UsageDelta *deltas,
 			 * back or has not committed yet.  Keep the counts for a while in
 			 * case it commits, but never let them hold a full table.
 			 */
+			entry_clear_flush(entry);
 			if (entry->unmatched_since == 0)
 				entry->unmatched_since = now;
 			if (pressure || now - entry->unmatched_since > UNMATCHED_KEEP_USECS)
@@ -341,8 +417,8 @@ usage_settle(Oid dbid, Oid keys_relid, const UsageDelta *deltas,
 		}
 
 		entry->unmatched_since = 0;
-		pg_atomic_fetch_sub_u64(&entry->calls, (uint64) deltas[i].calls);
-		pg_atomic_fetch_sub_u64(&entry->rejected, (uint64) deltas[i].rejected);
+		entry_subtract_flushed(entry);
+		entry_clear_flush(entry);
 		if (last_used_done[i] && deltas[i].last_used > entry->flushed_last_used)
 			entry->flushed_last_used = deltas[i].last_used;
 
@@ -443,6 +519,9 @@ usage_shmem_shutdown(int code, Datum arg)
 		out.rejected = pg_atomic_read_u64(&entry->rejected);
 		out.last_used = (TimestampTz) pg_atomic_read_u64(&entry->last_used);
 		out.flushed_last_used = entry->flushed_last_used;
+		out.flush_xid = entry->flush_xid;
+		out.flushing_calls = entry->flushing_calls;
+		out.flushing_rejected = entry->flushing_rejected;
 		if (fwrite(&out, sizeof(out), 1, file) != 1)
 		{
 			hash_seq_term(&seq);
@@ -518,6 +597,9 @@ usage_load(void)
 		pg_atomic_write_u64(&entry->rejected, in.rejected);
 		pg_atomic_write_u64(&entry->last_used, (uint64) in.last_used);
 		entry->flushed_last_used = in.flushed_last_used;
+		entry->flush_xid = in.flush_xid;
+		entry->flushing_calls = in.flushing_calls;
+		entry->flushing_rejected = in.flushing_rejected;
 	}
 	if (lost > 0)
 		ereport(WARNING,

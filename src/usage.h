@@ -35,17 +35,24 @@ extern void usage_shmem_startup(void);
  */
 extern void usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now);
 
+/* True if database dbid has counters (a flush has something to do). */
+extern bool usage_pending(Oid dbid);
+
 /*
  * Flush support, for the worker of database dbid whose keys table is
- * keys_relid.  usage_collect returns the non-zero counters (palloc'd, *n of
- * them) and discards counters left by an earlier instance of the extension.
- * After the flush commits, usage_settle subtracts what was written;
- * matched[i] says whether deltas[i] belonged to an existing key, and
- * last_used_done[i] whether its last_used was recorded.
+ * keys_relid, in transaction xid.  usage_collect returns the non-zero
+ * counters (palloc'd, *n of them), marks them as being flushed by xid, and
+ * discards counters left by an earlier instance of the extension.  After
+ * the flush commits, usage_settle subtracts what was written; matched[i]
+ * says whether deltas[i] belonged to an existing key, and last_used_done[i]
+ * whether its last_used was recorded.  A flush that never got settled (its
+ * worker died, or the server stopped, between commit and settle) is settled
+ * by the next usage_collect once its xid is known to have committed.
  */
-extern UsageDelta *usage_collect(Oid dbid, Oid keys_relid, int *n);
-extern void usage_settle(Oid dbid, Oid keys_relid, const UsageDelta *deltas,
-						 const bool *matched, const bool *last_used_done, int n);
+extern UsageDelta *usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n);
+extern void usage_settle(Oid dbid, Oid keys_relid, TransactionId xid,
+						 const UsageDelta *deltas, const bool *matched,
+						 const bool *last_used_done, int n);
 
 /* Removes the counters of a dropped database, or of one dropped keys table. */
 extern void usage_forget(Oid dbid, Oid keys_relid);

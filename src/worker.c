@@ -156,11 +156,12 @@ slot_find(Oid dbid, bool create)
 	return NULL;
 }
 
-/* Frees a slot nobody needs any more (lock held). */
+/* Frees a slot that holds nothing for anyone any more (lock held). */
 static void
 slot_release_if_idle(WorkerSlot *slot)
 {
-	if (slot->pid == 0 && slot->pausers == 0 && !slot->wanted)
+	if (slot->pid == 0 && slot->pausers == 0 && !slot->wanted &&
+		slot->verdict == VERDICT_UNKNOWN)
 		slot->dbid = InvalidOid;
 }
 
@@ -186,6 +187,13 @@ apikeys_wake_workers(void)
 		if (ws->slots[i].latch)
 			SetLatch(ws->slots[i].latch);
 	LWLockRelease(ws->lock);
+}
+
+/* Milliseconds from now until t, at least 0. */
+static long
+ms_until(TimestampTz t, TimestampTz now)
+{
+	return t <= now ? 0 : (long) ((t - now) / 1000);
 }
 
 /* ----------------------------------------------------------------------
@@ -214,8 +222,7 @@ typedef struct KnownDatabase
 {
 	Oid			dbid;			/* hash key */
 	bool		seen;			/* in pg_database at the last scan */
-	bool		probed;			/* a worker has looked at it */
-	bool		has_extension;	/* what the last worker found */
+	int			verdict;		/* what its workers found: VERDICT_* */
 	TimestampTz next_start;		/* no restart before this */
 	BackgroundWorkerHandle *handle;
 } KnownDatabase;
@@ -225,6 +232,8 @@ static bool
 start_worker(KnownDatabase *db, const char *dbname)
 {
 	BackgroundWorker worker;
+	MemoryContext old;
+	bool		registered;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -238,18 +247,24 @@ start_worker(KnownDatabase *db, const char *dbname)
 	worker.bgw_notify_pid = MyProcPid;
 
 	db->next_start = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RESTART_DELAY_MS);
-	if (!RegisterDynamicBackgroundWorker(&worker, &db->handle))
+	/* the handle is palloc'd: it must outlive the scan's transaction */
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	registered = RegisterDynamicBackgroundWorker(&worker, &db->handle);
+	MemoryContextSwitchTo(old);
+	if (!registered)
 	{
 		db->handle = NULL;
 		return false;
 	}
-	db->probed = true;
 	return true;
 }
 
-/* One look at pg_database: start, restart and forget workers as needed. */
+/*
+ * One look at pg_database: start, restart and forget workers as needed.
+ * Sets *next_wakeup when a restart is waiting for its delay to pass.
+ */
 static void
-launcher_scan(HTAB *known)
+launcher_scan(HTAB *known, TimestampTz *next_wakeup)
 {
 	Relation	rel;
 	TableScanDesc scan;
@@ -284,8 +299,7 @@ launcher_scan(HTAB *known)
 		db = hash_search(known, &form->oid, HASH_ENTER, &found);
 		if (!found)
 		{
-			db->probed = false;
-			db->has_extension = false;
+			db->verdict = VERDICT_UNKNOWN;
 			db->next_start = 0;
 			db->handle = NULL;
 		}
@@ -309,23 +323,27 @@ launcher_scan(HTAB *known)
 		{
 			paused = slot->pausers > 0;
 			wanted = slot->wanted;
-			if (!running && db->probed)
+			/* learn what the worker found; a stopped worker's slot is then free */
+			if (slot->verdict != VERDICT_UNKNOWN)
+				db->verdict = slot->verdict;
+			if (!running)
 			{
-				/* the worker stopped: learn what it found, probe again if nothing */
-				if (slot->verdict == VERDICT_UNKNOWN)
-					db->probed = false;
-				else
-					db->has_extension = (slot->verdict == VERDICT_EXTENSION);
 				slot->verdict = VERDICT_UNKNOWN;
 				slot_release_if_idle(slot);
 			}
 		}
 		LWLockRelease(ws->lock);
 
-		if (running || paused || no_room || now < db->next_start)
+		if (running || paused || no_room)
 			continue;
-		if (!db->probed || wanted || db->has_extension)
+		/* not started: no extension here (until the next CREATE EXTENSION) */
+		if (!wanted && db->verdict == VERDICT_NO_EXTENSION)
+			continue;
+		/* a fresh CREATE EXTENSION starts at once; other starts are spaced out */
+		if (wanted || now >= db->next_start)
 			no_room = !start_worker(db, NameStr(form->datname));
+		else if (*next_wakeup == 0 || db->next_start < *next_wakeup)
+			*next_wakeup = db->next_start;
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
@@ -383,15 +401,20 @@ apikeys_launcher_main(Datum arg)
 
 	while (!ShutdownRequestPending)
 	{
+		TimestampTz next_wakeup = 0;
+		long		timeout = LAUNCHER_SCAN_MS;
+
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		launcher_scan(known);
+		launcher_scan(known, &next_wakeup);
+		if (next_wakeup != 0)
+			timeout = Max(Min(timeout, ms_until(next_wakeup, GetCurrentTimestamp())), 10);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 LAUNCHER_SCAN_MS, PG_WAIT_EXTENSION);
+						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -399,7 +422,12 @@ apikeys_launcher_main(Datum arg)
 	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
 	ws->launcher_latch = NULL;
 	LWLockRelease(ws->lock);
-	proc_exit(0);
+
+	/*
+	 * Exit 1, so that a launcher stopped by pg_terminate_backend comes back
+	 * after bgw_restart_time; at server shutdown nothing is restarted anyway.
+	 */
+	proc_exit(1);
 }
 
 /* ----------------------------------------------------------------------
@@ -416,6 +444,7 @@ static UsageDelta *flush_deltas;
 static bool *flush_matched;
 static bool *flush_last_used_done;
 static int	flush_n;
+static TransactionId flush_xid;
 
 static void
 worker_detach(int code, Datum arg)
@@ -443,7 +472,14 @@ flush_body(void)
 							   TIMESTAMPTZARRAYOID};
 	Datum		args[5];
 
-	flush_deltas = usage_collect(MyDatabaseId, my_keys_relid, &flush_n);
+	flush_n = 0;
+	flush_matched = flush_last_used_done = NULL;
+	if (!usage_pending(MyDatabaseId))
+		return;
+
+	/* the counters record this transaction's id until the flush is settled */
+	flush_xid = GetTopTransactionId();
+	flush_deltas = usage_collect(MyDatabaseId, my_keys_relid, flush_xid, &flush_n);
 	flush_matched = palloc0(sizeof(bool) * Max(flush_n, 1));
 	flush_last_used_done = palloc0(sizeof(bool) * Max(flush_n, 1));
 	if (flush_n == 0)
@@ -626,20 +662,14 @@ flush(void)
 	flush_n = 0;
 	if (run_pass("apikeys: flush usage", flush_body) && !extension_gone)
 	{
-		usage_settle(MyDatabaseId, my_keys_relid, flush_deltas,
-					 flush_matched, flush_last_used_done, flush_n);
+		if (flush_n > 0)
+			usage_settle(MyDatabaseId, my_keys_relid, flush_xid, flush_deltas,
+						 flush_matched, flush_last_used_done, flush_n);
 		LWLockAcquire(ws->lock, LW_EXCLUSIVE);
 		my_slot->flush_done = requested;
 		LWLockRelease(ws->lock);
 		ConditionVariableBroadcast(&ws->flushed);
 	}
-}
-
-/* Milliseconds from now until t, at least 0. */
-static long
-ms_until(TimestampTz t, TimestampTz now)
-{
-	return t <= now ? 0 : (long) ((t - now) / 1000);
 }
 
 void
@@ -746,29 +776,50 @@ apikeys_worker_main(Datum arg)
  * ----------------------------------------------------------------------
  */
 
-static bool launch_at_commit = false;
+static bool launch_at_commit = false;	/* CREATE EXTENSION ran */
+static bool wake_at_commit = false; /* DROP EXTENSION ran */
 static bool xact_callback_registered = false;
 
-/* At commit of a CREATE EXTENSION, ask the launcher for this database's worker. */
+/*
+ * At commit of a CREATE EXTENSION, asks the launcher for this database's
+ * worker; at commit of a DROP EXTENSION, wakes the worker so it sees the
+ * extension gone and leaves.
+ */
 static void
-launch_xact_callback(XactEvent event, void *arg)
+commit_xact_callback(XactEvent event, void *arg)
 {
 	WorkerSlot *slot;
+	Latch	   *worker_latch = NULL;
 
-	if (!launch_at_commit)
+	if (!launch_at_commit && !wake_at_commit)
 		return;
 	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT)
 		return;
 	if (event == XACT_EVENT_COMMIT && ws != NULL)
 	{
 		LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-		slot = slot_find(MyDatabaseId, true);
-		if (slot)
+		slot = slot_find(MyDatabaseId, launch_at_commit);
+		if (slot && launch_at_commit)
 			slot->wanted = true;
+		if (slot)
+			worker_latch = slot->latch;
 		LWLockRelease(ws->lock);
-		wake_launcher();
+		if (launch_at_commit)
+			wake_launcher();
+		if (worker_latch)
+			SetLatch(worker_latch);
 	}
-	launch_at_commit = false;
+	launch_at_commit = wake_at_commit = false;
+}
+
+static void
+register_commit_callback(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(commit_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
 }
 
 /* apikeys._launch_worker(): called by the install script. */
@@ -777,11 +828,7 @@ apikeys_launch_worker(PG_FUNCTION_ARGS)
 {
 	if (ws == NULL)
 		PG_RETURN_VOID();
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(launch_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
+	register_commit_callback();
 	launch_at_commit = true;
 	PG_RETURN_VOID();
 }
@@ -924,6 +971,40 @@ database_needing_exclusive_access(Node *parsetree)
 	return dbname ? get_database_oid(dbname, true) : InvalidOid;
 }
 
+/* Runs the utility statement through the next hook or the standard path. */
+static void
+run_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+			ProcessUtilityContext context, ParamListInfo params,
+			QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+							params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+}
+
+/* Runs the statement with the worker of dbid stopped, restarting it after. */
+static void
+run_utility_paused(Oid dbid, PlannedStmt *pstmt, const char *queryString,
+				   bool readOnlyTree, ProcessUtilityContext context,
+				   ParamListInfo params, QueryEnvironment *queryEnv,
+				   DestReceiver *dest, QueryCompletion *qc)
+{
+	pause_worker(dbid);
+	PG_TRY();
+	{
+		run_utility(pstmt, queryString, readOnlyTree, context, params,
+					queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		resume_worker(dbid);
+	}
+	PG_END_TRY();
+}
+
 static void
 apikeys_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 					   bool readOnlyTree, ProcessUtilityContext context,
@@ -933,32 +1014,22 @@ apikeys_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 	Oid			dbid = InvalidOid;
 
 	if (ws != NULL)
+	{
 		dbid = database_needing_exclusive_access(pstmt->utilityStmt);
+		if (IsA(pstmt->utilityStmt, DropStmt) &&
+			((DropStmt *) pstmt->utilityStmt)->removeType == OBJECT_EXTENSION)
+		{
+			register_commit_callback();
+			wake_at_commit = true;
+		}
+	}
 
 	if (OidIsValid(dbid) && dbid != MyDatabaseId)
-	{
-		pause_worker(dbid);
-		PG_TRY();
-		{
-			if (prev_ProcessUtility)
-				prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-									params, queryEnv, dest, qc);
-			else
-				standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-										params, queryEnv, dest, qc);
-		}
-		PG_FINALLY();
-		{
-			resume_worker(dbid);
-		}
-		PG_END_TRY();
-	}
-	else if (prev_ProcessUtility)
-		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-							params, queryEnv, dest, qc);
+		run_utility_paused(dbid, pstmt, queryString, readOnlyTree, context,
+						   params, queryEnv, dest, qc);
 	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-								params, queryEnv, dest, qc);
+		run_utility(pstmt, queryString, readOnlyTree, context, params,
+					queryEnv, dest, qc);
 }
 
 void
