@@ -212,7 +212,7 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF txt IS NULL OR pg_catalog.btrim(txt) OPERATOR(pg_catalog.=) '' THEN
+	IF txt IS NULL OR pg_catalog.btrim(txt, E' \t\n\r') OPERATOR(pg_catalog.=) '' THEN
 		RAISE EXCEPTION '% must not be null or empty', argname
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -220,6 +220,26 @@ END
 $$;
 COMMENT ON FUNCTION apikeys._require_text(text, text) IS
 	'Internal: raises 22023 when a required text argument is NULL or blank';
+
+-- Raises P0002 for an id that names no key of the caller.  The id is
+-- echoed only when it has the shape of a key id: a key passed by mistake
+-- must never reach a message (or the server log).
+CREATE FUNCTION apikeys._no_such_key(id text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF id OPERATOR(pg_catalog.~) '^key_[0-9A-Za-z]{16}$' THEN
+		RAISE EXCEPTION 'api key "%" does not exist', id USING ERRCODE = 'no_data_found';
+	END IF;
+	RAISE EXCEPTION 'api key does not exist'
+		USING ERRCODE = 'no_data_found',
+			  DETAIL = 'The id given is not an api key id (key_ and 16 letters or digits).';
+END
+$$;
+COMMENT ON FUNCTION apikeys._no_such_key(text) IS
+	'Internal: raises P0002 for an unknown id, echoing it only if it is shaped like a key id';
 
 -- Raises 22023 unless days is a window length of 1 to 90.
 CREATE FUNCTION apikeys._require_days(days integer)
@@ -289,8 +309,7 @@ BEGIN
 	   FOR NO KEY UPDATE;
 	IF NOT FOUND OR (apikey_revoke.owner IS NOT NULL AND
 					  k.owner OPERATOR(pg_catalog.<>) apikey_revoke.owner) THEN
-		RAISE EXCEPTION 'api key "%" does not exist', apikey_revoke.id
-			USING ERRCODE = 'no_data_found';
+		PERFORM apikeys._no_such_key(apikey_revoke.id);
 	END IF;
 	IF k.revoked_at IS NOT NULL THEN
 		RETURN false;
@@ -364,8 +383,7 @@ BEGIN
 	   FOR NO KEY UPDATE;
 	IF NOT FOUND OR (apikey_rotate.owner IS NOT NULL AND
 					  k.owner OPERATOR(pg_catalog.<>) apikey_rotate.owner) THEN
-		RAISE EXCEPTION 'api key "%" does not exist', apikey_rotate.id
-			USING ERRCODE = 'no_data_found';
+		PERFORM apikeys._no_such_key(apikey_rotate.id);
 	END IF;
 	IF k.revoked_at IS NOT NULL THEN
 		RAISE EXCEPTION 'api key "%" is revoked and cannot be rotated', k.id
@@ -667,7 +685,7 @@ AS $$
 BEGIN
 	PERFORM apikeys.apikey_revoke(revoke_key.id, apikeys._require_auth_owner());
 EXCEPTION WHEN no_data_found THEN
-	RAISE EXCEPTION 'api key "%" does not exist', revoke_key.id USING ERRCODE = 'PT404';
+	RAISE EXCEPTION '%', SQLERRM USING ERRCODE = 'PT404';
 END
 $$;
 COMMENT ON FUNCTION apikeys_api.revoke_key(text) IS

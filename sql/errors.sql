@@ -74,10 +74,12 @@ SELECT pg_temp.masked(q) AS q, pg_temp.masked(pg_temp.outcome(q)) FROM (VALUES
 
 -- P0002: unknown id, or another owner's id: the same message either way
 SELECT pg_temp.masked(q) AS q, pg_temp.masked(pg_temp.outcome(q)) FROM (VALUES
-  ($$SELECT apikeys.apikey_revoke('key_doesnotexist')$$),
+  ($$SELECT apikeys.apikey_revoke('key_doesNotExist0000')$$),
   (format($$SELECT apikeys.apikey_revoke(%L, 'someone_else')$$, :'gid')),
-  ($$SELECT apikeys.apikey_rotate('key_doesnotexist')$$),
-  (format($$SELECT apikeys.apikey_rotate(%L, owner => 'someone_else')$$, :'gid'))) AS t(q);
+  ($$SELECT apikeys.apikey_rotate('key_doesNotExist0000')$$),
+  (format($$SELECT apikeys.apikey_rotate(%L, owner => 'someone_else')$$, :'gid')),
+  -- something that is not a key id (a key passed by mistake, say) is never echoed
+  ($$SELECT apikeys.apikey_revoke('ak_0123456789ABCDEFGHIJKLMNOPQRSTUV1Wf1r1')$$)) AS t(q);
 
 -- 55000: rotating a revoked or an expired key
 UPDATE apikeys.keys SET expires_at = now() - interval '1 second' WHERE id = :'xid';

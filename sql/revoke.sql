@@ -53,20 +53,20 @@ SELECT revoked_at IS NOT NULL AS has_revoked_at, revoked_at <= now() AS revoked_
 -- An unknown id and the id of another owner's key fail alike: P0002 and the
 -- same message, so a caller cannot tell whether a foreign key id exists.
 SELECT 'unknown id' AS attempt, e.*
-  FROM pg_temp.error_of($$SELECT apikeys.apikey_revoke('key_doesnotexist0')$$,
-                        'key_doesnotexist0') AS e
+  FROM pg_temp.error_of($$SELECT apikeys.apikey_revoke('key_doesNotExist0000')$$,
+                        'key_doesNotExist0000') AS e
 UNION ALL
 SELECT 'another owner''s id', e.*
   FROM pg_temp.error_of(format('SELECT apikeys.apikey_revoke(%L, owner => %L)',
                                :'b1_id', 'revoke_owner_a'), :'b1_id') AS e
 UNION ALL
 SELECT 'unknown id, with owner', e.*
-  FROM pg_temp.error_of($$SELECT apikeys.apikey_revoke('key_doesnotexist0', 'revoke_owner_a')$$,
-                        'key_doesnotexist0') AS e
+  FROM pg_temp.error_of($$SELECT apikeys.apikey_revoke('key_doesNotExist0000', 'revoke_owner_a')$$,
+                        'key_doesNotExist0000') AS e
 ORDER BY 1;
 
 -- The message names the id that was asked for, unmasked.
-SELECT e.* FROM pg_temp.error_of($$SELECT apikeys.apikey_revoke('key_doesnotexist0')$$) AS e;
+SELECT e.* FROM pg_temp.error_of($$SELECT apikeys.apikey_revoke('key_doesNotExist0000')$$) AS e;
 
 -- The failed attempt left the other owner's key untouched.
 SELECT valid, code FROM apikeys.apikey_validate(:'b1_key');

@@ -111,10 +111,33 @@ random_base62(char *out, size_t n)
 	explicit_bzero(bytes, sizeof(bytes));
 }
 
+/*
+ * True if s holds a run of 30 or more base62 characters: it may be an api
+ * key (or a mistyped one) and must not be echoed in a message.
+ */
+static bool
+may_be_a_key(const char *s)
+{
+	int			run = 0;
+
+	for (; *s; s++)
+	{
+		bool		base62 = (*s >= '0' && *s <= '9') || (*s >= 'A' && *s <= 'Z') ||
+			(*s >= 'a' && *s <= 'z');
+
+		run = base62 ? run + 1 : 0;
+		if (run >= 30)
+			return true;
+	}
+	return false;
+}
+
 /* Raises 22023 for an unknown scope, listing the valid ones (SPI connected). */
 static void
 check_scope_exists(Datum scope)
 {
+	char	   *name;
+
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1] = {scope};
 	char	   *valid = NULL;
@@ -131,10 +154,17 @@ check_scope_exists(Datum scope)
 		SPI_processed == 1)
 		valid = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 
+	/* name the scope, unless it is too long or could be a key given by mistake */
+	name = TextDatumGetCString(scope);
+	if (strlen(name) > 64 || may_be_a_key(name))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown scope (valid scopes: %s)", valid ? valid : "none"),
+				 errdetail("The scope given is not shown: it is too long or looks like an api key."),
+				 errhint("Add a scope with INSERT INTO apikeys.scopes (name, permissions).")));
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unknown scope \"%s\" (valid scopes: %s)",
-					TextDatumGetCString(scope), valid ? valid : "none"),
+			 errmsg("unknown scope \"%s\" (valid scopes: %s)", name, valid ? valid : "none"),
 			 errhint("Add a scope with INSERT INTO apikeys.scopes (name, permissions).")));
 }
 
