@@ -7,6 +7,8 @@
 #
 # Suites, in order; each is skipped when its inputs do not exist:
 #   unit       test/unit/*.c + src/keyformat.c src/scope_match.c, plain C
+#   fuzz       test/fuzz/run.sh short: the unit test under ASan/UBSan, then
+#              the libFuzzer target for a bounded number of runs (clang)
 #   regress    pg_regress, sql/ + expected/, REGRESS from `make print-regress`,
 #              server with shared_preload_libraries = 'apikeys'
 #   nopreload  pg_regress, test/nopreload/{sql,expected}, server WITHOUT the preload
@@ -40,7 +42,7 @@ PGXS_DIR=/usr/lib/postgresql/15/lib/pgxs
 PG_REGRESS=$PGXS_DIR/src/test/regress/pg_regress
 PG_ISOLATION_REGRESS=$PGXS_DIR/src/test/isolation/pg_isolation_regress
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-1800}
-ALL_SUITES=(unit regress nopreload isolation tap http)
+ALL_SUITES=(unit fuzz regress nopreload isolation tap http)
 
 # A caller's libpq settings must not point the tests at some other server.
 unset PGDATA PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGOPTIONS PGSERVICE \
@@ -234,6 +236,22 @@ suite_unit() {
 	counts=$(closing_counts "$log")
 	[[ -n $counts ]] && read -r p f <<<"$counts"
 	finish_counted unit "$rc" "$p" "$f"
+}
+
+# The pure-C modules under sanitizers and libFuzzer, as the test user; clang
+# comes from test/setup.sh. Binaries and the grown corpus stay in the scratch.
+suite_fuzz() {
+	if [[ ! -f $WORK/test/fuzz/run.sh ]]; then
+		record fuzz SKIP 0 0 "no test/fuzz/run.sh"
+		return
+	fi
+	local log=$SCRATCH/logs/fuzz.log
+	(cd "$WORK" && run_suite_cmd "$log" "${AS_USER[@]}" \
+		bash test/fuzz/run.sh short "$SCRATCH/fuzz_out")
+	local rc=$? p=0 f=0 counts
+	counts=$(closing_counts "$log")
+	[[ -n $counts ]] && read -r p f <<<"$counts"
+	finish_counted fuzz "$rc" "$p" "$f"
 }
 
 suite_regress() {

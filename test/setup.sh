@@ -52,7 +52,7 @@ is_installed() {
 # missing_packages -- print the packages this project needs that are absent.
 missing_packages() {
 	local pkg
-	for pkg in postgresql-15 postgresql-server-dev-15 libipc-run-perl libio-pty-perl perl; do
+	for pkg in postgresql-15 postgresql-server-dev-15 libipc-run-perl libio-pty-perl perl clang libclang-rt-14-dev; do
 		is_installed "$pkg" || echo "$pkg"
 	done
 	if ! command -v gcc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
