@@ -90,15 +90,7 @@ SELECT apikeys.apikey_analytics('nobody_at_all', 2) - 'dailyUsage' AS no_keys,
 SELECT count(*) AS usage_rows FROM apikeys.apikey_usage('nobody_at_all');
 
 -- bad arguments: 22023, for both functions
-CREATE FUNCTION pg_temp.outcome(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-SELECT q, pg_temp.outcome(q) FROM (VALUES
+SELECT q, regress.outcome(q) FROM (VALUES
   ($$SELECT apikeys.apikey_analytics('analytics_owner', 0)$$),
   ($$SELECT apikeys.apikey_analytics('analytics_owner', 91)$$),
   ($$SELECT apikeys.apikey_analytics('analytics_owner', -1)$$),

@@ -6,25 +6,6 @@
 -- A call that fails records nothing; nobody can change or remove a row.
 --
 
--- error_of(stmt, mask): runs stmt and shows the SQLSTATE, message and detail
--- it fails with; the text mask (a random key id) is shown as <id>.
-CREATE FUNCTION pg_temp.error_of(stmt text, mask text DEFAULT NULL,
-	OUT state text, OUT message text, OUT detail text)
-LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE stmt;
-	message := 'no error';
-EXCEPTION WHEN OTHERS THEN
-	GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE,
-		message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-	IF mask IS NOT NULL THEN
-		message := replace(message, mask, '<id>');
-		detail := replace(detail, mask, '<id>');
-	END IF;
-	detail := nullif(detail, '');
-END
-$$;
-
 -- Every row apikey_create or apikey_rotate returns (plaintext key included)
 -- is kept under a label in this temporary table and never printed; audit
 -- rows show the label instead of the random key id.
@@ -152,7 +133,7 @@ SELECT a.attempt, e.state, e.message
         (4, 'revoke as another owner', pg_temp.id_of('plain.next'),
             $$SELECT apikeys.apikey_revoke(%L, owner => 'audit_owner_b')$$))
          AS a(n, attempt, id, stmt),
-       pg_temp.error_of(format(a.stmt, a.id), a.id) AS e
+       regress.error_of(format(a.stmt, a.id), a.id) AS e
  ORDER BY a.n;
 SELECT count(*) - :events_before AS new_events
   FROM apikeys.audit WHERE owner = 'audit_owner_a';
@@ -165,7 +146,7 @@ SELECT a.attempt, e.state, e.message, e.detail
         (1, 'UPDATE', $$UPDATE apikeys.audit SET actor = 'mallory' WHERE owner = 'audit_owner_a'$$),
         (2, 'DELETE', $$DELETE FROM apikeys.audit WHERE owner = 'audit_owner_a'$$),
         (3, 'TRUNCATE', 'TRUNCATE apikeys.audit')) AS a(n, attempt, stmt),
-       pg_temp.error_of(a.stmt) AS e
+       regress.error_of(a.stmt) AS e
  ORDER BY a.n;
 -- The trail is unchanged.
 SELECT count(*) - :events_before AS new_events,
@@ -187,7 +168,7 @@ SELECT a.attempt, e.state, e.message
         (2, 'UPDATE', $$UPDATE apikeys.audit SET actor = 'mallory' WHERE owner = 'audit_owner_a'$$),
         (3, 'DELETE', $$DELETE FROM apikeys.audit WHERE owner = 'audit_owner_a'$$),
         (4, 'TRUNCATE', 'TRUNCATE apikeys.audit')) AS a(n, attempt, stmt),
-       pg_temp.error_of(a.stmt) AS e
+       regress.error_of(a.stmt) AS e
  ORDER BY a.n;
 RESET ROLE;
 SELECT count(*) - :events_before AS new_events

@@ -2,20 +2,10 @@
 -- and leaves nothing behind.
 \set SHOW_CONTEXT never
 
--- runs a statement and reports its SQLSTATE and message
-CREATE FUNCTION pg_temp.outcome(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-
 SELECT count(*) AS keys_before FROM apikeys.keys \gset
 
 -- 22023: owner and name
-SELECT q, pg_temp.outcome(q) FROM (VALUES
+SELECT q, regress.outcome(q) FROM (VALUES
   ($$SELECT apikeys.apikey_create(NULL, 'n')$$),
   ($$SELECT apikeys.apikey_create('', 'n')$$),
   ($$SELECT apikeys.apikey_create('   ', 'n')$$),
@@ -25,26 +15,26 @@ SELECT q, pg_temp.outcome(q) FROM (VALUES
   ($$SELECT apikeys.apikey_create(repeat('o', 201), 'n')$$)) AS t(q);
 
 -- 22023: prefix
-SELECT q, pg_temp.outcome(q) FROM (VALUES
+SELECT q, regress.outcome(q) FROM (VALUES
   ($$SELECT apikeys.apikey_create('o', 'n', prefix => '')$$),
   ($$SELECT apikeys.apikey_create('o', 'n', prefix => 'Live')$$),
   ($$SELECT apikeys.apikey_create('o', 'n', prefix => 'live-1')$$),
   ($$SELECT apikeys.apikey_create('o', 'n', prefix => repeat('a', 33))$$)) AS t(q);
 
 -- 22023: expires_in_days outside 1-365
-SELECT q, pg_temp.outcome(q) FROM (VALUES
+SELECT q, regress.outcome(q) FROM (VALUES
   ($$SELECT apikeys.apikey_create('o', 'n', expires_in_days => 0)$$),
   ($$SELECT apikeys.apikey_create('o', 'n', expires_in_days => 366)$$),
   ($$SELECT apikeys.apikey_create('o', 'n', expires_in_days => -1)$$)) AS t(q);
 
 -- 22023: unknown scope, named, with the valid ones listed
-SELECT q, pg_temp.outcome(q) FROM (VALUES
+SELECT q, regress.outcome(q) FROM (VALUES
   ($$SELECT apikeys.apikey_create('o', 'n', scope => 'admin')$$),
   ($$SELECT apikeys.apikey_create('o', 'n', scope => NULL)$$),
   ($$SELECT apikeys.apikey_create('o', 'n', scope => '')$$)) AS t(q);
 
 -- 22023: other malformed arguments
-SELECT q, pg_temp.outcome(q) FROM (VALUES
+SELECT q, regress.outcome(q) FROM (VALUES
   ($$SELECT apikeys.apikey_create('o', 'n', metadata => '[1, 2]')$$),
   ($$SELECT apikeys.apikey_create('o', 'n', metadata => 'null')$$),
   ($$SELECT apikeys.apikey_create('o', 'n', ip_restrictions => '{10.0.0.0/8,NULL}')$$),
@@ -66,14 +56,14 @@ BEGIN
 	RETURN t;
 END
 $$;
-SELECT pg_temp.masked(q) AS q, pg_temp.masked(pg_temp.outcome(q)) FROM (VALUES
+SELECT pg_temp.masked(q) AS q, pg_temp.masked(regress.outcome(q)) FROM (VALUES
   (format($$SELECT apikeys.apikey_rotate(%L, interval '8 days')$$, :'gid')),
   (format($$SELECT apikeys.apikey_rotate(%L, interval '7 days 1 second')$$, :'gid')),
   (format($$SELECT apikeys.apikey_rotate(%L, interval '-1 second')$$, :'gid')),
   (format($$SELECT apikeys.apikey_rotate(%L, NULL)$$, :'gid'))) AS t(q);
 
 -- P0002: unknown id, or another owner's id: the same message either way
-SELECT pg_temp.masked(q) AS q, pg_temp.masked(pg_temp.outcome(q)) FROM (VALUES
+SELECT pg_temp.masked(q) AS q, pg_temp.masked(regress.outcome(q)) FROM (VALUES
   ($$SELECT apikeys.apikey_revoke('key_doesNotExist0000')$$),
   (format($$SELECT apikeys.apikey_revoke(%L, 'someone_else')$$, :'gid')),
   ($$SELECT apikeys.apikey_rotate('key_doesNotExist0000')$$),
@@ -84,14 +74,14 @@ SELECT pg_temp.masked(q) AS q, pg_temp.masked(pg_temp.outcome(q)) FROM (VALUES
 -- 55000: rotating a revoked or an expired key
 UPDATE apikeys.keys SET expires_at = now() - interval '1 second' WHERE id = :'xid';
 SELECT apikeys.apikey_revoke(:'gid');
-SELECT pg_temp.masked(q) AS q, pg_temp.masked(pg_temp.outcome(q)) FROM (VALUES
+SELECT pg_temp.masked(q) AS q, pg_temp.masked(regress.outcome(q)) FROM (VALUES
   (format($$SELECT apikeys.apikey_rotate(%L)$$, :'gid')),
   (format($$SELECT apikeys.apikey_rotate(%L)$$, :'xid'))) AS t(q);
 
 -- 42501: a role without grants can call nothing and read nothing
 CREATE ROLE regress_apikeys_nobody;
 SET ROLE regress_apikeys_nobody;
-SELECT q, pg_temp.outcome(q) FROM (VALUES
+SELECT q, regress.outcome(q) FROM (VALUES
   ($$SELECT apikeys.apikey_create('o', 'n')$$),
   ($$SELECT apikeys.apikey_validate('x')$$),
   ($$SELECT apikeys.apikey_list('o')$$),
@@ -104,7 +94,7 @@ RESET ROLE;
 
 -- the validator may only validate; the admin may not read digests
 SET ROLE apikeys_validator;
-SELECT q, pg_temp.outcome(q) FROM (VALUES
+SELECT q, regress.outcome(q) FROM (VALUES
   ($$SELECT apikeys.apikey_validate('x')$$),
   ($$SELECT apikeys.apikey_create('o', 'n')$$),
   ($$SELECT apikeys.apikey_list('o')$$),
@@ -112,7 +102,7 @@ SELECT q, pg_temp.outcome(q) FROM (VALUES
   ($$SELECT * FROM apikeys.keys$$)) AS t(q);
 RESET ROLE;
 SET ROLE apikeys_admin;
-SELECT q, pg_temp.outcome(q) FROM (VALUES
+SELECT q, regress.outcome(q) FROM (VALUES
   ($$SELECT apikeys.apikey_validate('x')$$),
   ($$SELECT apikeys.apikey_list('errors_owner')$$),
   ($$SELECT * FROM apikeys.keys$$),

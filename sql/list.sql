@@ -7,21 +7,6 @@
 -- query, whether or not the background worker has run.
 --
 
--- error_of(stmt): runs stmt and shows the SQLSTATE, message and detail it
--- fails with.
-CREATE FUNCTION pg_temp.error_of(stmt text,
-	OUT state text, OUT message text, OUT detail text)
-LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE stmt;
-	message := 'no error';
-EXCEPTION WHEN OTHERS THEN
-	GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE,
-		message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-	detail := nullif(detail, '');
-END
-$$;
-
 -- The columns apikey_list returns, in order, and their types.
 SELECT a.name AS column_name, format_type(a.type, NULL) AS type
   FROM pg_proc AS p,
@@ -137,11 +122,11 @@ SELECT count(*) AS rows FROM apikeys.apikey_list('LIST_OWNER_A');
 
 -- A NULL, empty or blank owner is an invalid parameter (22023).
 SELECT 'NULL owner' AS attempt, e.*
-  FROM pg_temp.error_of('SELECT * FROM apikeys.apikey_list(NULL)') AS e
+  FROM regress.error_of('SELECT * FROM apikeys.apikey_list(NULL)') AS e
 UNION ALL
 SELECT 'empty owner', e.*
-  FROM pg_temp.error_of($$SELECT * FROM apikeys.apikey_list('')$$) AS e
+  FROM regress.error_of($$SELECT * FROM apikeys.apikey_list('')$$) AS e
 UNION ALL
 SELECT 'blank owner', e.*
-  FROM pg_temp.error_of($$SELECT * FROM apikeys.apikey_list('   ')$$) AS e
+  FROM regress.error_of($$SELECT * FROM apikeys.apikey_list('   ')$$) AS e
 ORDER BY 1;

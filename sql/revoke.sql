@@ -6,25 +6,6 @@
 -- revoking transaction commits, the key validates as 'revoked'.
 --
 
--- error_of(stmt, mask): runs stmt and shows the SQLSTATE, message and detail
--- it fails with; the text mask (a random key id) is shown as <id>.
-CREATE FUNCTION pg_temp.error_of(stmt text, mask text DEFAULT NULL,
-	OUT state text, OUT message text, OUT detail text)
-LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE stmt;
-	message := 'no error';
-EXCEPTION WHEN OTHERS THEN
-	GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE,
-		message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-	IF mask IS NOT NULL THEN
-		message := replace(message, mask, '<id>');
-		detail := replace(detail, mask, '<id>');
-	END IF;
-	detail := nullif(detail, '');
-END
-$$;
-
 -- Keys of two owners; ids and keys are random, so they are kept in variables.
 SELECT id AS a1_id, key AS a1_key
   FROM apikeys.apikey_create('revoke_owner_a', 'first key') \gset
@@ -53,33 +34,33 @@ SELECT revoked_at IS NOT NULL AS has_revoked_at, revoked_at <= now() AS revoked_
 -- An unknown id and the id of another owner's key fail alike: P0002 and the
 -- same message, so a caller cannot tell whether a foreign key id exists.
 SELECT 'unknown id' AS attempt, e.*
-  FROM pg_temp.error_of($$SELECT apikeys.apikey_revoke('key_doesNotExist0000')$$,
+  FROM regress.error_of($$SELECT apikeys.apikey_revoke('key_doesNotExist0000')$$,
                         'key_doesNotExist0000') AS e
 UNION ALL
 SELECT 'another owner''s id', e.*
-  FROM pg_temp.error_of(format('SELECT apikeys.apikey_revoke(%L, owner => %L)',
+  FROM regress.error_of(format('SELECT apikeys.apikey_revoke(%L, owner => %L)',
                                :'b1_id', 'revoke_owner_a'), :'b1_id') AS e
 UNION ALL
 SELECT 'unknown id, with owner', e.*
-  FROM pg_temp.error_of($$SELECT apikeys.apikey_revoke('key_doesNotExist0000', 'revoke_owner_a')$$,
+  FROM regress.error_of($$SELECT apikeys.apikey_revoke('key_doesNotExist0000', 'revoke_owner_a')$$,
                         'key_doesNotExist0000') AS e
 ORDER BY 1;
 
 -- The message names the id that was asked for, unmasked.
-SELECT e.* FROM pg_temp.error_of($$SELECT apikeys.apikey_revoke('key_doesNotExist0000')$$) AS e;
+SELECT e.* FROM regress.error_of($$SELECT apikeys.apikey_revoke('key_doesNotExist0000')$$) AS e;
 
 -- The failed attempt left the other owner's key untouched.
 SELECT valid, code FROM apikeys.apikey_validate(:'b1_key');
 
 -- A NULL or empty id (or an empty owner) is an invalid parameter (22023).
 SELECT 'NULL id' AS attempt, e.*
-  FROM pg_temp.error_of('SELECT apikeys.apikey_revoke(NULL)') AS e
+  FROM regress.error_of('SELECT apikeys.apikey_revoke(NULL)') AS e
 UNION ALL
 SELECT 'empty id', e.*
-  FROM pg_temp.error_of($$SELECT apikeys.apikey_revoke('')$$) AS e
+  FROM regress.error_of($$SELECT apikeys.apikey_revoke('')$$) AS e
 UNION ALL
 SELECT 'empty owner', e.*
-  FROM pg_temp.error_of(format('SELECT apikeys.apikey_revoke(%L, owner => %L)',
+  FROM regress.error_of(format('SELECT apikeys.apikey_revoke(%L, owner => %L)',
                                :'b1_id', ''), :'b1_id') AS e
 ORDER BY 1;
 

@@ -8,25 +8,6 @@
 -- or another owner's id is P0002.
 --
 
--- error_of(stmt, mask): runs stmt and shows the SQLSTATE, message and detail
--- it fails with; the text mask (a random key id) is shown as <id>.
-CREATE FUNCTION pg_temp.error_of(stmt text, mask text DEFAULT NULL,
-	OUT state text, OUT message text, OUT detail text)
-LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE stmt;
-	message := 'no error';
-EXCEPTION WHEN OTHERS THEN
-	GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE,
-		message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-	IF mask IS NOT NULL THEN
-		message := replace(message, mask, '<id>');
-		detail := replace(detail, mask, '<id>');
-	END IF;
-	detail := nullif(detail, '');
-END
-$$;
-
 -- Every row apikey_create or apikey_rotate returns (plaintext key included)
 -- is kept under a label in this temporary table and never printed.
 CREATE TEMP TABLE minted (label text PRIMARY KEY, LIKE apikeys.new_key);
@@ -164,7 +145,7 @@ SELECT 'untouched', * FROM apikeys.apikey_create('rotate_owner_a', 'not rotated'
 SELECT g.grace, e.state, e.message, e.detail
   FROM (VALUES (1, $$'7 days 1 second'$$), (2, $$'8 days'$$), (3, $$'1 mon'$$),
                (4, $$'-1 second'$$), (5, 'NULL')) AS g(n, grace),
-       pg_temp.error_of(format('SELECT apikeys.apikey_rotate(%L, grace => %s)',
+       regress.error_of(format('SELECT apikeys.apikey_rotate(%L, grace => %s)',
                                pg_temp.id_of('untouched'), g.grace)) AS e
  ORDER BY g.n;
 -- The failed calls minted nothing and left the key as it was.
@@ -202,7 +183,7 @@ SELECT a.attempt, e.state, e.message, e.detail
         (7, 'NULL id', NULL, NULL),
         (8, 'empty id', '', NULL),
         (9, 'empty owner', pg_temp.id_of('foreign'), '')) AS a(n, attempt, id, owner),
-       pg_temp.error_of(format('SELECT apikeys.apikey_rotate(%L, owner => %L)',
+       regress.error_of(format('SELECT apikeys.apikey_rotate(%L, owner => %L)',
                                a.id, a.owner), a.id) AS e
  ORDER BY a.n;
 -- None of them minted a successor, and the other owner's key is still valid.
