@@ -446,6 +446,9 @@ static bool *flush_last_used_done;
 static int	flush_n;
 static TransactionId flush_xid;
 
+/* Lives for one loop iteration: what a flush must keep past its transaction. */
+static MemoryContext loop_cxt = NULL;
+
 static void
 worker_detach(int code, Datum arg)
 {
@@ -472,16 +475,23 @@ flush_body(void)
 							   TIMESTAMPTZARRAYOID};
 	Datum		args[5];
 
+	MemoryContext spi_cxt;
+
 	flush_n = 0;
 	flush_matched = flush_last_used_done = NULL;
 	if (!usage_pending(MyDatabaseId))
 		return;
 
-	/* the counters record this transaction's id until the flush is settled */
+	/*
+	 * The counters record this transaction's id until the flush is settled.
+	 * What usage_settle reads after commit must outlive SPI's context.
+	 */
 	flush_xid = GetTopTransactionId();
+	spi_cxt = MemoryContextSwitchTo(loop_cxt);
 	flush_deltas = usage_collect(MyDatabaseId, my_keys_relid, flush_xid, &flush_n);
 	flush_matched = palloc0(sizeof(bool) * Max(flush_n, 1));
 	flush_last_used_done = palloc0(sizeof(bool) * Max(flush_n, 1));
+	MemoryContextSwitchTo(spi_cxt);
 	if (flush_n == 0)
 		return;
 
@@ -676,7 +686,6 @@ void
 apikeys_worker_main(Datum arg)
 {
 	Oid			dbid = DatumGetObjectId(arg);
-	MemoryContext loop_cxt;
 	TimestampTz next_flush;
 	TimestampTz next_expiry;
 	TimestampTz next_retention;
