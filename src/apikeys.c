@@ -81,7 +81,7 @@ define_server_gucs(void)
 							"Capacity of the shared-memory usage counters (key-days between flushes).",
 							"When full, validations wait for a flush instead of losing counts.",
 							&apikeys_max_tracked_keys,
-							10000, 100, 10000000,
+							100000, 100, 10000000,
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("apikeys.flush_interval",

@@ -15,8 +15,8 @@
  *	  is never dropped.
  *	- To read counters for a flush, subtract what a flush wrote, or remove
  *	  entries: lock exclusive (only the workers and the launcher do this).
- *	  flushed_last_used and unmatched_since are read and written only under
- *	  the exclusive lock.
+ *	  flushed_last_used, unmatched_since and the flush mark are written only
+ *	  under the exclusive lock (usage_pending reads them under the shared one).
  *
  * Exactly once: a flush marks each entry with its transaction id and the
  * amounts it is writing; after commit it subtracts them and clears the mark.
@@ -63,7 +63,7 @@
 /* A backend that waited for room this recently means the table is full. */
 #define PRESSURE_USECS			(5 * USECS_PER_SEC)
 
-int			apikeys_max_tracked_keys = 10000;
+int			apikeys_max_tracked_keys = 100000;
 
 typedef struct UsageKey
 {
@@ -299,10 +299,17 @@ usage_pending(Oid dbid)
 	UsageEntry *entry;
 	bool		found = false;
 
+	DateADT		today = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
+
 	LWLockAcquire(shared->lock, LW_SHARED);
 	hash_seq_init(&seq, usage_hash);
 	while (!found && (entry = hash_seq_search(&seq)) != NULL)
-		found = (entry->key.dbid == dbid);
+		found = (entry->key.dbid == dbid &&
+				 (pg_atomic_read_u64(&entry->calls) != 0 ||
+				  pg_atomic_read_u64(&entry->rejected) != 0 ||
+				  (TimestampTz) pg_atomic_read_u64(&entry->last_used) > entry->flushed_last_used ||
+				  TransactionIdIsValid(entry->flush_xid) ||
+				  entry->key.day < today));
 	if (found)
 		hash_seq_term(&seq);
 	LWLockRelease(shared->lock);
@@ -324,6 +331,8 @@ usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 	UsageDelta *deltas;
 	int			count = 0;
 	bool		removed = false;
+	DateADT		today = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
+	bool		pressure = usage_pressure();
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	deltas = palloc(sizeof(UsageDelta) * Max(hash_get_num_entries(usage_hash), 1));
@@ -351,9 +360,12 @@ usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 		last_used = (TimestampTz) pg_atomic_read_u64(&entry->last_used);
 		if (calls == 0 && rejected == 0 && last_used <= entry->flushed_last_used)
 		{
-			/* fully flushed and idle since: free the slot */
-			entry_remove(entry);
-			removed = true;
+			/* idle since its last flush: free the slot if it is not today's */
+			if (entry->key.day < today || pressure)
+			{
+				entry_remove(entry);
+				removed = true;
+			}
 			continue;
 		}
 		memcpy(deltas[count].key_id, entry->key.key_id, APIKEY_ID_LEN);
@@ -380,6 +392,7 @@ usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *delt
 			 const bool *matched, const bool *last_used_done, int n)
 {
 	TimestampTz now = GetCurrentTimestamp();
+	DateADT		today = (DateADT) (now / USECS_PER_DAY);
 	bool		pressure = usage_pressure();
 	bool		removed = false;
 
@@ -422,7 +435,9 @@ usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *delt
 		if (last_used_done[i] && deltas[i].last_used > entry->flushed_last_used)
 			entry->flushed_last_used = deltas[i].last_used;
 
-		if (pg_atomic_read_u64(&entry->calls) == 0 &&
+		/* today's entries stay, so a busy key is not re-inserted every flush */
+		if ((entry->key.day < today || pressure) &&
+			pg_atomic_read_u64(&entry->calls) == 0 &&
 			pg_atomic_read_u64(&entry->rejected) == 0 &&
 			(TimestampTz) pg_atomic_read_u64(&entry->last_used) <= entry->flushed_last_used)
 		{

@@ -35,7 +35,7 @@ extern void usage_shmem_startup(void);
  */
 extern void usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now);
 
-/* True if database dbid has counters (a flush has something to do). */
+/* True if database dbid has counts to write or entries to clear (a flush has work). */
 extern bool usage_pending(Oid dbid);
 
 /*
