@@ -49,7 +49,7 @@ CREATE TABLE apikeys.keys (
 	last4			text NOT NULL,
 	digest			bytea NOT NULL CONSTRAINT keys_digest_key UNIQUE
 					CHECK (pg_catalog.length(digest) OPERATOR(pg_catalog.=) 32),
-	scope			text NOT NULL REFERENCES apikeys.scopes (name) ON UPDATE CASCADE,
+	scope			text NOT NULL,
 	ip_restrictions	cidr[] NOT NULL DEFAULT '{}',
 	metadata		jsonb NOT NULL DEFAULT '{}',
 	lifetime_days	integer CHECK (lifetime_days BETWEEN 1 AND 365),
@@ -58,9 +58,10 @@ CREATE TABLE apikeys.keys (
 	revoked_at		timestamptz,
 	expired_at		timestamptz,
 	last_used_at	timestamptz,
-	rotated_from	text REFERENCES apikeys.keys (id)
+	rotated_from	text
 );
 CREATE INDEX keys_owner_created_idx ON apikeys.keys (owner, created_at DESC);
+CREATE INDEX keys_scope_idx ON apikeys.keys (scope);
 CREATE INDEX keys_expiry_idx ON apikeys.keys (expires_at)
 	WHERE expired_at IS NULL AND revoked_at IS NULL;
 COMMENT ON TABLE apikeys.keys IS
@@ -70,7 +71,10 @@ COMMENT ON COLUMN apikeys.keys.digest IS
 COMMENT ON COLUMN apikeys.keys.last4 IS 'The last four characters of the key, for display';
 COMMENT ON COLUMN apikeys.keys.lifetime_days IS
 	'The expires_in_days the key was created with (NULL: never expires); rotation gives the successor the same lifetime';
-COMMENT ON COLUMN apikeys.keys.rotated_from IS 'The key this one replaced through apikey_rotate';
+COMMENT ON COLUMN apikeys.keys.rotated_from IS
+	'The key this one replaced through apikey_rotate (keys are never deleted; no foreign key, so pg_dump sees no circular constraint)';
+COMMENT ON COLUMN apikeys.keys.scope IS
+	'A row of apikeys.scopes: apikey_create checks it, and a scope in use cannot be deleted or renamed';
 COMMENT ON COLUMN apikeys.keys.expired_at IS
 	'When the background worker marked the key expired (validation refuses it from expires_at on regardless)';
 COMMENT ON COLUMN apikeys.keys.last_used_at IS
@@ -88,6 +92,49 @@ COMMENT ON TABLE apikeys.usage IS
 COMMENT ON COLUMN apikeys.usage.calls IS 'Validations of the key that returned valid';
 COMMENT ON COLUMN apikeys.usage.rejected IS
 	'Validations of the key that failed (revoked, expired, IP, scope)';
+
+-- A scope that keys use cannot be deleted, renamed or truncated away.  This
+-- is a foreign key in effect, kept as a trigger because pg_dump cannot order
+-- a parallel pg_restore of extension tables by their foreign keys.
+-- (apikey_create locks the scope row FOR KEY SHARE while it uses it.)
+CREATE FUNCTION apikeys.scopes_in_use()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	used bigint;
+BEGIN
+	IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+		IF EXISTS (SELECT FROM apikeys.keys) THEN
+			RAISE EXCEPTION 'cannot truncate apikeys.scopes while keys use scopes'
+				USING ERRCODE = 'foreign_key_violation';
+		END IF;
+		RETURN NULL;
+	END IF;
+	IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' AND NEW.name OPERATOR(pg_catalog.=) OLD.name THEN
+		RETURN NEW;
+	END IF;
+	SELECT pg_catalog.count(*) INTO used
+	  FROM apikeys.keys AS k WHERE k.scope OPERATOR(pg_catalog.=) OLD.name;
+	IF used OPERATOR(pg_catalog.>) 0 THEN
+		RAISE EXCEPTION 'scope "%" is used by % api keys', OLD.name, used
+			USING ERRCODE = 'foreign_key_violation',
+				  HINT = 'Revoking a key does not free its scope; create a new scope instead of renaming one.';
+	END IF;
+	IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+		RETURN OLD;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION apikeys.scopes_in_use() IS
+	'Trigger function: refuses to delete, rename or truncate a scope that keys use';
+
+CREATE TRIGGER scopes_in_use BEFORE DELETE OR UPDATE OF name ON apikeys.scopes
+	FOR EACH ROW EXECUTE FUNCTION apikeys.scopes_in_use();
+CREATE TRIGGER scopes_in_use_truncate BEFORE TRUNCATE ON apikeys.scopes
+	FOR EACH STATEMENT EXECUTE FUNCTION apikeys.scopes_in_use();
 
 CREATE TABLE apikeys.audit (
 	event_id	bigserial PRIMARY KEY,

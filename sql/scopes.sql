@@ -44,10 +44,15 @@ SELECT p AS permission, (apikeys.apikey_validate(:'bk', p)).code
 UPDATE apikeys.scopes SET permissions = '{billing:read}' WHERE name = 'billing-admin';
 SELECT (apikeys.apikey_validate(:'bk', 'billing:write')).code AS after_narrowing;
 
--- a scope in use cannot be deleted
+-- a scope in use cannot be deleted, renamed, or truncated away
 DELETE FROM apikeys.scopes WHERE name = 'billing-admin';
+UPDATE apikeys.scopes SET name = 'billing' WHERE name = 'billing-admin';
+TRUNCATE apikeys.scopes;
+-- its permissions and description can still change
+UPDATE apikeys.scopes SET description = 'Billing, narrowed' WHERE name = 'billing-admin';
 
--- a scope not in use can
+-- a scope not in use can be renamed and deleted
 INSERT INTO apikeys.scopes (name, permissions) VALUES ('unused', '{x:y}');
-DELETE FROM apikeys.scopes WHERE name = 'unused';
-SELECT count(*) AS unused_left FROM apikeys.scopes WHERE name = 'unused';
+UPDATE apikeys.scopes SET name = 'still-unused' WHERE name = 'unused';
+DELETE FROM apikeys.scopes WHERE name = 'still-unused';
+SELECT count(*) AS unused_left FROM apikeys.scopes WHERE name IN ('unused', 'still-unused');

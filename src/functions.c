@@ -142,9 +142,10 @@ check_scope_exists(Datum scope)
 	Datum		args[1] = {scope};
 	char	   *valid = NULL;
 
+	/* the lock keeps the scope from being deleted before this key commits */
 	if (SPI_execute_with_args("SELECT FROM apikeys.scopes s"
-							  " WHERE s.name OPERATOR(pg_catalog.=) $1",
-							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+							  " WHERE s.name OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
+							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up scope");
 	if (SPI_processed > 0)
 		return;
