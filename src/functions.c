@@ -325,24 +325,41 @@ apikey_create(PG_FUNCTION_ARGS)
  * ----------------------------------------------------------------------
  */
 
+/*
+ * The blessed descriptor of apikey_validate's result row.  Each execution of
+ * a prepared statement gets a new FmgrInfo, so it is kept per backend, for
+ * the function OID it was built for (a re-created extension has new OIDs).
+ */
+static TupleDesc
+validation_tupdesc(FunctionCallInfo fcinfo)
+{
+	static Oid	cached_fn = InvalidOid;
+	static TupleDesc cached = NULL;
+	TupleDesc	tupdesc;
+	MemoryContext old;
+
+	if (cached != NULL && cached_fn == fcinfo->flinfo->fn_oid)
+		return cached;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+	MemoryContextSwitchTo(old);
+	if (cached != NULL)
+		FreeTupleDesc(cached);
+	cached = tupdesc;
+	cached_fn = fcinfo->flinfo->fn_oid;
+	return cached;
+}
+
 /* Forms the apikeys.validation row for outcome, with the key's details if known. */
 static Datum
 validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row)
 {
-	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	TupleDesc	tupdesc = validation_tupdesc(fcinfo);
 	Datum		values[8];
 	bool		nulls[8] = {false};
-
-	if (tupdesc == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-
-		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "return type must be a row type");
-		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
-		fcinfo->flinfo->fn_extra = tupdesc;
-		MemoryContextSwitchTo(old);
-	}
 
 	values[0] = BoolGetDatum(outcome == OUTCOME_VALID);
 	values[1] = CStringGetTextDatum(outcome_codes[outcome]);
