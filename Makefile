@@ -15,7 +15,7 @@ DATA = apikeys--0.1.sql
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
 
-REGRESS = test_helpers key_format create validate scopes ip_allowlist revoke list rotate errors audit analytics hostile_input search_path privileges
+REGRESS = test_helpers key_format create validate scopes ip_allowlist revoke list rotate errors audit analytics identity hostile_input search_path privileges
 REGRESS_OPTS = --load-extension=pgcrypto --load-extension=apikeys
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
