@@ -7,21 +7,6 @@
 -- nothing is left behind.  Keys and ids are random: never printed.
 \set SHOW_CONTEXT never
 
--- Runs q and reports 'ok' or its SQLSTATE.  Whatever q did is rolled back
--- (a successful q ends in a private SQLSTATE that undoes its subtransaction),
--- so every case starts from the same state.
-CREATE FUNCTION pg_temp.state(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RAISE SQLSTATE 'ZZ000';
-EXCEPTION
-	WHEN SQLSTATE 'ZZ000' THEN
-		RETURN 'ok';
-	WHEN OTHERS THEN
-		RETURN SQLSTATE;
-END
-$$;
-
 -- Runs a query returning one validation code and reports it, or 'ERROR' and
 -- the SQLSTATE if it raised (it never should).
 CREATE FUNCTION pg_temp.code(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -112,7 +97,7 @@ SELECT n, arg, replace(replace(q, '<kid>', quote_literal(f.kid)), '<lk>', quote_
 CREATE TEMP TABLE matrix AS
 SELECT h.n, h.label, a.n AS argn, a.arg,
        CASE WHEN a.arg LIKE 'validate%' THEN pg_temp.code(format(a.q, quote_nullable(h.v)))
-            ELSE pg_temp.state(format(a.q, quote_nullable(h.v))) END AS result
+            ELSE regress.state(format(a.q, quote_nullable(h.v))) END AS result
   FROM hostile AS h, arg AS a;
 
 -- SQLSTATE per argument ('ok': accepted), or the validation code.  The same
@@ -165,7 +150,7 @@ SELECT q,
        strpos(pg_temp.message(format(q, quote_literal(f.k))), f.k) = 0
        AND strpos(pg_temp.message(format(q, quote_literal(f.k))),
                   substr(f.k, strpos(f.k, '_') + 1)) = 0 AS key_not_echoed,
-       pg_temp.state(format(q, quote_literal(f.k))) AS sqlstate
+       regress.state(format(q, quote_literal(f.k))) AS sqlstate
   FROM fixture AS f, (VALUES
   ($$SELECT apikeys.apikey_revoke(%s)$$),
   ($$SELECT apikeys.apikey_rotate(%s)$$),
@@ -301,8 +286,8 @@ SELECT count(*) AS addresses,
 
 -- ids of every shape: unknown, P0002, the same message for all
 SELECT count(*) AS ids,
-       string_agg(DISTINCT pg_temp.state(format('SELECT apikeys.apikey_revoke(%L)', v)), ',') AS revoke,
-       string_agg(DISTINCT pg_temp.state(format('SELECT apikeys.apikey_rotate(%L)', v)), ',') AS rotate
+       string_agg(DISTINCT regress.state(format('SELECT apikeys.apikey_revoke(%L)', v)), ',') AS revoke,
+       string_agg(DISTINCT regress.state(format('SELECT apikeys.apikey_rotate(%L)', v)), ',') AS rotate
   FROM (SELECT 'key_' || left(md5(i::text), 16) FROM generate_series(1, 300) AS i
         UNION ALL SELECT 'key_' || repeat(chr(65 + i % 26), i % 40) FROM generate_series(1, 100) AS i
         UNION ALL (SELECT v FROM garbage WHERE family IN ('key-shaped md5', 'random prefix')
@@ -315,16 +300,16 @@ SELECT count(*) AS ids,
 -- invalid cidr: the cidr type itself refuses it (22P02) while the literal is
 -- cast, before apikey_create runs: the same error as a bare cast
 SELECT v AS ip_restrictions,
-       pg_temp.state(format('SELECT apikeys.apikey_create(%L, %L, ip_restrictions => %L)',
+       regress.state(format('SELECT apikeys.apikey_create(%L, %L, ip_restrictions => %L)',
                             'o', 'n', v)) AS in_call,
-       pg_temp.state(format('SELECT %L::cidr[]', v)) AS bare_cast,
+       regress.state(format('SELECT %L::cidr[]', v)) AS bare_cast,
        pg_temp.message(format('SELECT apikeys.apikey_create(%L, %L, ip_restrictions => %L)', 'o', 'n', v))
        = pg_temp.message(format('SELECT %L::cidr[]', v)) AS same_message
   FROM (VALUES ('{not-an-ip}'), ('{10.0.0.1/8}'), ('{999.0.0.0/8}'), ('{10.0.0.0/33}'),
                ('{::1/129}'), ('{🔑}'), ('10.0.0.0/8'), ('{10.0.0.0/8'), ('{""}')) AS t(v);
 
 -- well-typed but refused, or accepted
-SELECT label, pg_temp.state(q) AS sqlstate
+SELECT label, regress.state(q) AS sqlstate
   FROM (VALUES
   ('NULL element', $$SELECT apikeys.apikey_create('o', 'n', ip_restrictions => '{10.0.0.0/8,NULL}')$$),
   ('two dimensions', $$SELECT apikeys.apikey_create('o', 'n', ip_restrictions => '{{10.0.0.0/8},{::/0}}')$$),
@@ -346,14 +331,14 @@ SELECT (apikeys.apikey_validate(c.key, NULL, '10.39.15.7')).code AS inside,
 -- client_ip: invalid inet fails its own cast (22P02) like a bare cast; a
 -- NULL address is the connection's (a Unix socket here: unknown, refused)
 SELECT v AS client_ip,
-       pg_temp.state(format('SELECT apikeys.apikey_validate(%L, NULL, %L)', f.ik, v)) AS in_call,
-       pg_temp.state(format('SELECT %L::inet', v)) AS bare_cast
+       regress.state(format('SELECT apikeys.apikey_validate(%L, NULL, %L)', f.ik, v)) AS in_call,
+       regress.state(format('SELECT %L::inet', v)) AS bare_cast
   FROM fixture AS f, (VALUES ('999.1.1.1'), (''), ('localhost'), ('10.0.0.1/33'), ('🔑')) AS t(v);
 SELECT (apikeys.apikey_validate(:'ik', NULL, NULL)).code AS unix_socket_no_client_ip;
 
 -- metadata: JSON null, scalars and arrays are refused (22023); invalid JSON
 -- fails the jsonb cast (22P02, 22P05); SQL NULL means {}
-SELECT label, pg_temp.state(format('SELECT apikeys.apikey_create(%L, %L, metadata => %s)', 'o', 'n', v))
+SELECT label, regress.state(format('SELECT apikeys.apikey_create(%L, %L, metadata => %s)', 'o', 'n', v))
        AS sqlstate
   FROM (VALUES
   ('JSON null', $$'null'$$),
@@ -376,17 +361,17 @@ SELECT metadata AS metadata_of_sql_null
 
 -- integers: outside 1-365 (expires_in_days) or 1-90 (days) is 22023 all the
 -- way to the ends of integer; past them the integer input fails (22003)
-SELECT v, pg_temp.state(format('SELECT apikeys.apikey_create(%L, %L, expires_in_days => %s)', 'o', 'n', v))
+SELECT v, regress.state(format('SELECT apikeys.apikey_create(%L, %L, expires_in_days => %s)', 'o', 'n', v))
           AS expires_in_days,
-       pg_temp.state(format('SELECT apikeys.apikey_usage(%L, %s)', 'hostile_owner', v)) AS usage_days,
-       pg_temp.state(format('SELECT apikeys.apikey_analytics(%L, %s)', 'hostile_owner', v)) AS analytics_days
+       regress.state(format('SELECT apikeys.apikey_usage(%L, %s)', 'hostile_owner', v)) AS usage_days,
+       regress.state(format('SELECT apikeys.apikey_analytics(%L, %s)', 'hostile_owner', v)) AS analytics_days
   FROM (VALUES ('2147483647'), ('-2147483648'), ('0'), ('-1'), ('1'), ('90'), ('91'), ('365'), ('366'),
                ('NULL'), ($$'2147483648'$$), ($$'-2147483649'$$), ($$'1.5'$$), ($$' 7 '$$)) AS t(v);
 
 -- intervals: grace outside 0-7 days is 22023 (on PostgreSQL 15 'infinity' is
 -- not an interval: the interval input refuses it, 22007; too large: 22008)
 SELECT v AS grace,
-       pg_temp.state(format('SELECT apikeys.apikey_rotate(%L, %s)', f.kid, v)) AS sqlstate
+       regress.state(format('SELECT apikeys.apikey_rotate(%L, %s)', f.kid, v)) AS sqlstate
   FROM fixture AS f, (VALUES ($$'1000 years'$$), ($$'-1 day'$$), ($$'7 days 00:00:00.000001'$$),
                ($$'1 mon'$$), ($$'@ 7 days ago'$$), ($$'1 day -25 hours'$$), ('NULL'),
                ($$'0'$$), ($$'-0'$$), ($$'7 days'$$), ($$'168 hours'$$), ($$'6 days 24:00:00'$$),

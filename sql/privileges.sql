@@ -152,19 +152,6 @@ SELECT s.nspname AS schema,
 -- Real calls under SET ROLE: 42501 where the matrices say no
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION pg_temp.state(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RAISE SQLSTATE 'ZZ000';
-EXCEPTION
-	WHEN SQLSTATE 'ZZ000' THEN
-		RETURN 'ok';
-	WHEN OTHERS THEN
-		RETURN SQLSTATE;
-END
-$$;
-GRANT EXECUTE ON FUNCTION pg_temp.state(text) TO PUBLIC;
-
 SELECT key AS k, id AS kid FROM apikeys.apikey_create('priv_owner', 'main') \gset
 CREATE TEMP TABLE calls (n int, q text);
 INSERT INTO calls VALUES
@@ -224,16 +211,16 @@ CREATE TEMP TABLE outcome (n int, role text, result text);
 GRANT ALL ON calls, outcome TO PUBLIC;
 
 SET ROLE regress_apikeys_nogrant;
-INSERT INTO outcome SELECT n, 'nogrant', pg_temp.state(q) FROM calls;
+INSERT INTO outcome SELECT n, 'nogrant', regress.state(q) FROM calls;
 RESET ROLE;
 SET ROLE apikeys_validator;
-INSERT INTO outcome SELECT n, 'validator', pg_temp.state(q) FROM calls;
+INSERT INTO outcome SELECT n, 'validator', regress.state(q) FROM calls;
 RESET ROLE;
 SET ROLE apikeys_admin;
-INSERT INTO outcome SELECT n, 'admin', pg_temp.state(q) FROM calls;
+INSERT INTO outcome SELECT n, 'admin', regress.state(q) FROM calls;
 RESET ROLE;
 SET ROLE apikeys_anon;
-INSERT INTO outcome SELECT n, 'anon', pg_temp.state(q) FROM calls WHERE q NOT LIKE 'SELECT apikeys_api.%';
+INSERT INTO outcome SELECT n, 'anon', regress.state(q) FROM calls WHERE q NOT LIKE 'SELECT apikeys_api.%';
 RESET ROLE;
 
 SELECT regexp_replace(regexp_replace(c.q, 'key_[0-9A-Za-z]{16}', '<id>'),
@@ -262,12 +249,12 @@ SELECT CASE WHEN c.q LIKE 'SELECT apikeys_api.%' THEN 'apikeys_api.*' ELSE 'apik
 CREATE ROLE regress_apikeys_gateway LOGIN IN ROLE apikeys_validator;
 CREATE ROLE regress_apikeys_billing LOGIN IN ROLE apikeys_admin;
 SET ROLE regress_apikeys_gateway;
-SELECT pg_temp.state(format($$SELECT apikeys.apikey_validate(%L)$$, :'k')) AS gateway_validates,
-       pg_temp.state($$SELECT apikeys.apikey_list('priv_owner')$$) AS gateway_lists;
+SELECT regress.state(format($$SELECT apikeys.apikey_validate(%L)$$, :'k')) AS gateway_validates,
+       regress.state($$SELECT apikeys.apikey_list('priv_owner')$$) AS gateway_lists;
 RESET ROLE;
 SET ROLE regress_apikeys_billing;
-SELECT pg_temp.state($$SELECT apikeys.apikey_list('priv_owner')$$) AS billing_lists,
-       pg_temp.state($$SELECT digest FROM apikeys.keys$$) AS billing_reads_digests;
+SELECT regress.state($$SELECT apikeys.apikey_list('priv_owner')$$) AS billing_lists,
+       regress.state($$SELECT digest FROM apikeys.keys$$) AS billing_reads_digests;
 RESET ROLE;
 
 -- the key and its row are as they were: every allowed call was rolled back

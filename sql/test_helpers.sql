@@ -32,3 +32,18 @@ EXCEPTION WHEN OTHERS THEN
 	detail := nullif(detail, '');
 END
 $$;
+
+-- state(q): runs q and reports 'ok' or its SQLSTATE.  Whatever q did is
+-- rolled back (a successful q ends in a private SQLSTATE that undoes its
+-- subtransaction), so every case starts from the same state.
+CREATE FUNCTION regress.state(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE q;
+	RAISE SQLSTATE 'ZZ000';
+EXCEPTION
+	WHEN SQLSTATE 'ZZ000' THEN
+		RETURN 'ok';
+	WHEN OTHERS THEN
+		RETURN SQLSTATE;
+END
+$$;
