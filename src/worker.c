@@ -19,7 +19,9 @@
  * Shared state: one slot per database the launcher or a backend has
  * something to say about, protected by the tranche's second LWLock.  Slots
  * carry the worker's pid and latch, the pause count, the "extension wanted"
- * and "no extension" messages, and flush request/done generations.
+ * message, the worker's verdict (extension or none), and flush request/done
+ * generations.  The launcher exits 1 when stopped, so that the postmaster
+ * restarts it; workers are restarted by the launcher.
  *
  * Each pass (flush, expiry, retention) runs in its own transaction; an
  * ERROR is logged, the transaction aborted and the next pass runs.
