@@ -132,20 +132,42 @@ may_be_a_key(const char *s)
 	return false;
 }
 
+/*
+ * The statement sql, prepared on first use and kept for the backend's life
+ * (the plan cache re-plans it after DDL, including DROP/CREATE EXTENSION).
+ */
+static SPIPlanPtr
+saved_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	prepared = SPI_prepare(sql, nargs, argtypes);
+
+		if (prepared == NULL || SPI_keepplan(prepared) != 0)
+			elog(ERROR, "could not prepare \"%s\": %s", sql,
+				 SPI_result_code_string(SPI_result));
+		*plan = prepared;
+	}
+	return *plan;
+}
+
 /* Raises 22023 for an unknown scope, listing the valid ones (SPI connected). */
 static void
 check_scope_exists(Datum scope)
 {
 	char	   *name;
 
+	static SPIPlanPtr plan = NULL;
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1] = {scope};
 	char	   *valid = NULL;
 
 	/* the lock keeps the scope from being deleted before this key commits */
-	if (SPI_execute_with_args("SELECT FROM apikeys.scopes s"
-							  " WHERE s.name OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
-							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+	saved_plan(&plan,
+			   "SELECT FROM apikeys.scopes s"
+			   " WHERE s.name OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
+			   1, argtypes);
+	if (SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up scope");
 	if (SPI_processed > 0)
 		return;
@@ -263,6 +285,7 @@ apikey_create(PG_FUNCTION_ARGS)
 									INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID};
 		Datum		args[13];
 		char		argnulls[13];
+		static SPIPlanPtr plan = NULL;
 
 		memset(argnulls, ' ', sizeof(argnulls));
 		args[0] = CStringGetTextDatum(id);
@@ -283,21 +306,22 @@ apikey_create(PG_FUNCTION_ARGS)
 		if (!has_predecessor)
 			argnulls[12] = 'n';
 
-		if (SPI_execute_with_args(
-								  "WITH k AS ("
-								  " INSERT INTO apikeys.keys (id, owner, name, prefix, last4, digest,"
-								  "  scope, ip_restrictions, metadata, lifetime_days, expires_at,"
-								  "  created_at, rotated_from)"
-								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-								  " RETURNING *)"
-								  " INSERT INTO apikeys.audit (at, key_id, owner, event, detail)"
-								  " SELECT k.created_at, k.id, k.owner, 'created',"
-								  "  pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
-								  "   'name', k.name, 'scope', k.scope, 'prefix', k.prefix,"
-								  "   'expires_at', k.expires_at, 'ip_restrictions', k.ip_restrictions,"
-								  "   'rotated_from', k.rotated_from))"
-								  " FROM k",
-								  13, argtypes, args, argnulls, false, 0) != SPI_OK_INSERT)
+		saved_plan(&plan,
+				   "WITH k AS ("
+				   " INSERT INTO apikeys.keys (id, owner, name, prefix, last4, digest,"
+				   "  scope, ip_restrictions, metadata, lifetime_days, expires_at,"
+				   "  created_at, rotated_from)"
+				   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+				   " RETURNING *)"
+				   " INSERT INTO apikeys.audit (at, key_id, owner, event, detail)"
+				   " SELECT k.created_at, k.id, k.owner, 'created',"
+				   "  pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
+				   "   'name', k.name, 'scope', k.scope, 'prefix', k.prefix,"
+				   "   'expires_at', k.expires_at, 'ip_restrictions', k.ip_restrictions,"
+				   "   'rotated_from', k.rotated_from))"
+				   " FROM k",
+				   13, argtypes);
+		if (SPI_execute_plan(plan, args, argnulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not store the new api key");
 	}
 	SPI_finish();
