@@ -68,7 +68,7 @@ SELECT 'valid format, never issued', code
 
 \echo
 \echo '== 6. Usage: every validation is counted in shared memory (no write on the'
-\echo '      hot path); the background worker flushes the counts every second.'
+\echo '      hot path); the background worker flushes them every 10 seconds, or now.'
 \echo '      Here 250 production calls and 40 staging calls, 10 of them refused'
 \echo '      (the totals below also hold the calls of steps 3 and 4).'
 \echo

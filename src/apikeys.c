@@ -88,7 +88,7 @@ define_server_gucs(void)
 							"Time between flushes of usage counters to apikeys.usage.",
 							"Also the most usage a crash can lose.",
 							&apikeys_flush_interval,
-							1000, 100, 3600 * 1000,
+							10000, 100, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("apikeys.expiry_interval",

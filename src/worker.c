@@ -71,7 +71,7 @@
 #define FLUSH_WAIT_MS			30000
 #define RETENTION_EVERY_USECS	(USECS_PER_DAY)
 
-int			apikeys_flush_interval = 1000;
+int			apikeys_flush_interval = 10000;
 int			apikeys_expiry_interval = 60;
 int			apikeys_usage_retention_days = 400;
 
@@ -522,8 +522,10 @@ flush_body(void)
 
 	/*
 	 * Counts of keys this snapshot cannot see are left out (and kept for a
-	 * retry).  last_used_at is set only on rows nobody has locked, so a
-	 * flush never waits for a user's transaction; a locked row is retried.
+	 * retry).  last_used_at moves only when it is more than a minute
+	 * behind, so a busy key costs one row update a minute, not one a flush;
+	 * it is set only on rows nobody has locked, so a flush never waits for a
+	 * user's transaction (a locked row is retried).
 	 */
 	if (SPI_execute_with_args(
 							  "WITH d AS ("
@@ -539,20 +541,27 @@ flush_body(void)
 							  " ON CONFLICT (key_id, day) DO UPDATE"
 							  " SET calls = u.calls OPERATOR(pg_catalog.+) excluded.calls,"
 							  "     rejected = u.rejected OPERATOR(pg_catalog.+) excluded.rejected),"
+							  " stale AS ("
+							  " SELECT m.key_id, m.last_used"
+							  " FROM (SELECT d.key_id, pg_catalog.max(d.last_used) AS last_used FROM d"
+							  "       WHERE d.last_used IS NOT NULL GROUP BY d.key_id) m"
+							  " JOIN apikeys.keys k ON k.id OPERATOR(pg_catalog.=) m.key_id"
+							  " WHERE k.last_used_at IS NULL"
+							  "    OR k.last_used_at OPERATOR(pg_catalog.<)"
+							  "       (m.last_used OPERATOR(pg_catalog.-) interval '1 minute')),"
 							  " lockable AS ("
 							  " SELECT k.id FROM apikeys.keys k"
-							  " WHERE k.id OPERATOR(pg_catalog.=) ANY (SELECT d.key_id FROM d"
-							  "                 WHERE d.last_used IS NOT NULL)"
+							  " WHERE k.id OPERATOR(pg_catalog.=) ANY (SELECT s.key_id FROM stale s)"
 							  " FOR NO KEY UPDATE OF k SKIP LOCKED),"
 							  " upd AS ("
 							  " UPDATE apikeys.keys k"
-							  " SET last_used_at = GREATEST(k.last_used_at, m.last_used)"
-							  " FROM (SELECT d.key_id, pg_catalog.max(d.last_used) AS last_used"
-							  "       FROM d GROUP BY d.key_id) m"
-							  " WHERE k.id OPERATOR(pg_catalog.=) m.key_id"
+							  " SET last_used_at = GREATEST(k.last_used_at, s.last_used)"
+							  " FROM stale s"
+							  " WHERE k.id OPERATOR(pg_catalog.=) s.key_id"
 							  "   AND k.id OPERATOR(pg_catalog.=) ANY (SELECT l.id FROM lockable l)"
 							  " RETURNING k.id)"
 							  " SELECT d.i, d.last_used IS NULL"
+							  "        OR NOT d.key_id OPERATOR(pg_catalog.=) ANY (SELECT s.key_id FROM stale s)"
 							  "        OR d.key_id OPERATOR(pg_catalog.=) ANY (SELECT upd.id FROM upd)"
 							  " FROM d",
 							  5, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)

@@ -268,6 +268,26 @@ is(sql($node, $db,
 is(sql($node, $db, "SELECT last_used_at IS NULL FROM apikeys.keys WHERE id = '$k{kr}{id}'"),
 	't', 'a key with only rejected calls has no last_used_at');
 
+# last_used_at is kept to the minute: another call within it rewrites no row
+my $first_used = sql($node, $db, "SELECT last_used_at FROM apikeys.keys WHERE id = '$l_id'");
+my $row_version = sql($node, $db, "SELECT xmin FROM apikeys.keys WHERE id = '$l_id'");
+is(validate_n($node, $db, $l_key, 3), 'valid', 'three more valid calls within the minute');
+flush_usage($node, $db);
+is(sql($node, $db, "SELECT last_used_at = '$first_used' AND xmin = '$row_version'"
+		. " FROM apikeys.keys WHERE id = '$l_id'"),
+	't', 'last_used_at and the key row are untouched by a flush within the minute');
+is(sql($node, $db, "SELECT sum(calls) FROM apikeys.usage WHERE key_id = '$l_id'"),
+	'4', 'while the calls themselves are all counted');
+# a minute later (simulated by moving last_used_at back) the flush moves it
+sql($node, $db, "UPDATE apikeys.keys SET last_used_at = last_used_at - interval '2 minutes' WHERE id = '$l_id'");
+$before = sql($node, $db, 'SELECT clock_timestamp()');
+is(validate_n($node, $db, $l_key, 1), 'valid', 'one more call');
+$after = sql($node, $db, 'SELECT clock_timestamp()');
+flush_usage($node, $db);
+is(sql($node, $db,
+		"SELECT last_used_at BETWEEN '$before' AND '$after' FROM apikeys.keys WHERE id = '$l_id'"),
+	't', 'a last_used_at more than a minute behind is moved to the latest call');
+
 # ---------------------------------------------------------------------------
 # 6. Shared memory per tracked key
 # ---------------------------------------------------------------------------
