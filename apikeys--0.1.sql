@@ -288,6 +288,30 @@ $$;
 COMMENT ON FUNCTION apikeys._no_such_key(text) IS
 	'Internal: raises P0002 for an unknown id, echoing it only if it is shaped like a key id';
 
+-- The key id, of owner when owner is given, locked against concurrent
+-- change (FOR NO KEY UPDATE, so flushes and foreign-key checks never wait);
+-- P0002 when there is no such key, with the same message either way.
+CREATE FUNCTION apikeys._lock_key(id text, owner text)
+RETURNS apikeys.keys
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k apikeys.keys;
+BEGIN
+	SELECT * INTO k FROM apikeys.keys AS t
+	 WHERE t.id OPERATOR(pg_catalog.=) _lock_key.id
+	   FOR NO KEY UPDATE;
+	IF NOT FOUND OR (_lock_key.owner IS NOT NULL AND
+					  k.owner OPERATOR(pg_catalog.<>) _lock_key.owner) THEN
+		PERFORM apikeys._no_such_key(_lock_key.id);
+	END IF;
+	RETURN k;
+END
+$$;
+COMMENT ON FUNCTION apikeys._lock_key(text, text) IS
+	'Internal: the key id (of owner, if given) locked for update, or P0002';
+
 -- Raises 22023 unless days is a window length of 1 to 90.
 CREATE FUNCTION apikeys._require_days(days integer)
 RETURNS void
@@ -351,13 +375,7 @@ BEGIN
 		PERFORM apikeys._require_text('owner', apikey_revoke.owner);
 	END IF;
 
-	SELECT * INTO k FROM apikeys.keys AS t
-	 WHERE t.id OPERATOR(pg_catalog.=) apikey_revoke.id
-	   FOR NO KEY UPDATE;
-	IF NOT FOUND OR (apikey_revoke.owner IS NOT NULL AND
-					  k.owner OPERATOR(pg_catalog.<>) apikey_revoke.owner) THEN
-		PERFORM apikeys._no_such_key(apikey_revoke.id);
-	END IF;
+	k := apikeys._lock_key(apikey_revoke.id, apikey_revoke.owner);
 	IF k.revoked_at IS NOT NULL THEN
 		RETURN false;
 	END IF;
@@ -425,13 +443,7 @@ BEGIN
 				  DETAIL = pg_catalog.format('The grace given was %s.', COALESCE(grace::text, 'NULL'));
 	END IF;
 
-	SELECT * INTO k FROM apikeys.keys AS t
-	 WHERE t.id OPERATOR(pg_catalog.=) apikey_rotate.id
-	   FOR NO KEY UPDATE;
-	IF NOT FOUND OR (apikey_rotate.owner IS NOT NULL AND
-					  k.owner OPERATOR(pg_catalog.<>) apikey_rotate.owner) THEN
-		PERFORM apikeys._no_such_key(apikey_rotate.id);
-	END IF;
+	k := apikeys._lock_key(apikey_rotate.id, apikey_rotate.owner);
 	IF k.revoked_at IS NOT NULL THEN
 		RAISE EXCEPTION 'api key "%" is revoked and cannot be rotated', k.id
 			USING ERRCODE = 'object_not_in_prerequisite_state';

@@ -155,12 +155,11 @@ saved_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 static void
 check_scope_exists(Datum scope)
 {
-	char	   *name;
-
 	static SPIPlanPtr plan = NULL;
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1] = {scope};
 	char	   *valid = NULL;
+	char	   *name;
 
 	/* the lock keeps the scope from being deleted before this key commits */
 	saved_plan(&plan,
