@@ -178,6 +178,15 @@ entry_subtract_flushed(UsageEntry *entry)
 	pg_atomic_fetch_sub_u64(&entry->rejected, entry->flushing_rejected);
 }
 
+/* True if entry holds nothing a flush still has to write. */
+static bool
+entry_is_drained(UsageEntry *entry)
+{
+	return pg_atomic_read_u64(&entry->calls) == 0 &&
+		pg_atomic_read_u64(&entry->rejected) == 0 &&
+		(TimestampTz) pg_atomic_read_u64(&entry->last_used) <= entry->flushed_last_used;
+}
+
 /* Forgets entry's flush mark (exclusive lock held). */
 static void
 entry_clear_flush(UsageEntry *entry)
@@ -305,9 +314,7 @@ usage_pending(Oid dbid)
 	hash_seq_init(&seq, usage_hash);
 	while (!found && (entry = hash_seq_search(&seq)) != NULL)
 		found = (entry->key.dbid == dbid &&
-				 (pg_atomic_read_u64(&entry->calls) != 0 ||
-				  pg_atomic_read_u64(&entry->rejected) != 0 ||
-				  (TimestampTz) pg_atomic_read_u64(&entry->last_used) > entry->flushed_last_used ||
+				 (!entry_is_drained(entry) ||
 				  TransactionIdIsValid(entry->flush_xid) ||
 				  entry->key.day < today));
 	if (found)
@@ -436,10 +443,7 @@ usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *delt
 			entry->flushed_last_used = deltas[i].last_used;
 
 		/* today's entries stay, so a busy key is not re-inserted every flush */
-		if ((entry->key.day < today || pressure) &&
-			pg_atomic_read_u64(&entry->calls) == 0 &&
-			pg_atomic_read_u64(&entry->rejected) == 0 &&
-			(TimestampTz) pg_atomic_read_u64(&entry->last_used) <= entry->flushed_last_used)
+		if ((entry->key.day < today || pressure) && entry_is_drained(entry))
 		{
 			entry_remove(entry);
 			removed = true;
