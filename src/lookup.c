@@ -300,8 +300,12 @@ read_key(const uint8 *digest, KeyRow *row, MemoryContext cxt, bool *cacheable)
 		if (!isnull && VARSIZE_ANY_EXHDR(stored) == PG_SHA256_DIGEST_LENGTH &&
 			timingsafe_bcmp(VARDATA_ANY(stored), digest, PG_SHA256_DIGEST_LENGTH) == 0)
 		{
+			TransactionId xmin = HeapTupleHeaderGetRawXmin(tuple->t_data);
+
 			found = true;
 			*cacheable = !written_by_us(tuple);
+			row->creator_xid = TransactionIdIsCurrentTransactionId(xmin) ?
+				xmin : InvalidTransactionId;
 			row->keys_relid = catalog.keys;
 			row->id = copy_varlena(heap_getattr(tuple, catalog.k_id, desc, &isnull), cxt);
 			row->owner = copy_varlena(heap_getattr(tuple, catalog.k_owner, desc, &isnull), cxt);

@@ -27,6 +27,8 @@ typedef struct KeyRow
 	bool		has_expiry;
 	TimestampTz expires_at;
 	bool		revoked;
+	TransactionId creator_xid;	/* the row's inserting (sub)transaction if it
+								 * is the current transaction's, else invalid */
 } KeyRow;
 
 /* SHA-256 of len bytes of key into digest. */

@@ -10,13 +10,31 @@
  * Locking protocol (lock = the "apikeys" tranche's first LWLock):
  *	- To bump an existing entry: lock shared, find it, bump its atomics.
  *	- To insert an entry: lock exclusive.  When the table holds
- *	  max_tracked_keys entries, release, wake the workers, and sleep on the
- *	  'room' condition variable until a flush has removed entries; the count
- *	  is never dropped.
+ *	  max_tracked_keys entries, evict drained entries (below) in the same
+ *	  critical section; only if none is drained, release, wake the workers,
+ *	  and sleep on the 'room' condition variable until a flush has drained
+ *	  some.  The count is never dropped.
  *	- To read counters for a flush, subtract what a flush wrote, or remove
- *	  entries: lock exclusive (only the workers and the launcher do this).
- *	  flushed_last_used, unmatched_since and the flush mark are written only
- *	  under the exclusive lock (usage_pending reads them under the shared one).
+ *	  entries: lock exclusive.  flushed_last_used, creator_xid and the flush
+ *	  mark are written only under the exclusive lock (usage_pending reads
+ *	  them under the shared one).
+ *
+ * Eviction has one rule: an entry is drained when it holds nothing a flush
+ * still has to write (no calls, no rejections, no newer last use, no flush
+ * mark), and a drained entry may be removed whenever room is needed,
+ * whatever its day.  The inserting backend does it, a batch at a time, so a
+ * table full of flushed entries never makes anyone wait for a worker; a
+ * validation waits only when every entry holds unflushed counts, that is
+ * when more distinct key-days than max_tracked_keys were counted since the
+ * last flush, and then until the next flush drains some.  Workers also
+ * remove drained entries of past days as they go.
+ *
+ * A key validated in the transaction that created it is not yet visible to
+ * the flush.  Its entry records that transaction (creator_xid) and keeps
+ * its counts while the transaction may still commit; once it has
+ * committed, the next flush finds the key; if it aborted, the counts are
+ * void and the entry is removed.  A transaction that would have to wait
+ * for room held by its own uncommitted keys gets an error instead.
  *
  * Exactly once: a flush marks each entry with its transaction id and the
  * amounts it is writing; after commit it subtracts them and clears the mark.
@@ -37,6 +55,7 @@
 #include <unistd.h>
 
 #include "access/transam.h"
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -58,10 +77,12 @@
 #define USAGE_DUMP_MAGIC	0x41504b55	/* "APKU" */
 #define USAGE_DUMP_VERSION	2
 
-/* How long counts of a key that is not (yet) visible are kept for retry. */
-#define UNMATCHED_KEEP_USECS	(3600 * USECS_PER_SEC)
 /* A backend that waited for room this recently means the table is full. */
 #define PRESSURE_USECS			(5 * USECS_PER_SEC)
+/* How long a backend waits for room before checking the table again. */
+#define ROOM_WAIT_MS			1000
+/* Flushes a backend waits through before blaming its own open transaction. */
+#define OWN_ENTRIES_FLUSHES		2
 
 int			apikeys_max_tracked_keys = 100000;
 
@@ -80,7 +101,8 @@ typedef struct UsageEntry
 	pg_atomic_uint64 rejected;	/* rejected calls not yet flushed */
 	pg_atomic_uint64 last_used; /* latest valid call (TimestampTz) */
 	TimestampTz flushed_last_used;	/* last_used already written */
-	TimestampTz unmatched_since;	/* when a flush first found no such key */
+	TransactionId creator_xid;	/* the key's creating transaction, when that
+								 * was still in progress at first count */
 	TransactionId flush_xid;	/* flush in progress or unsettled, or invalid */
 	uint32		flushing_calls; /* what that flush is writing */
 	uint32		flushing_rejected;
@@ -91,6 +113,7 @@ typedef struct UsageShared
 	LWLock	   *lock;
 	ConditionVariable room;		/* broadcast when entries are removed */
 	pg_atomic_uint64 last_wait; /* when a backend last waited for room */
+	pg_atomic_uint64 settled;	/* flushes settled so far, by any worker */
 } UsageShared;
 
 /* On-disk form of one entry in the shutdown dump. */
@@ -139,6 +162,7 @@ usage_shmem_startup(void)
 		shared->lock = &(GetNamedLWLockTranche("apikeys"))[0].lock;
 		ConditionVariableInit(&shared->room);
 		pg_atomic_init_u64(&shared->last_wait, 0);
+		pg_atomic_init_u64(&shared->settled, 0);
 	}
 
 	info.keysize = sizeof(UsageKey);
@@ -164,7 +188,7 @@ entry_init(UsageEntry *entry)
 	pg_atomic_init_u64(&entry->rejected, 0);
 	pg_atomic_init_u64(&entry->last_used, 0);
 	entry->flushed_last_used = 0;
-	entry->unmatched_since = 0;
+	entry->creator_xid = InvalidTransactionId;
 	entry->flush_xid = InvalidTransactionId;
 	entry->flushing_calls = 0;
 	entry->flushing_rejected = 0;
@@ -178,13 +202,51 @@ entry_subtract_flushed(UsageEntry *entry)
 	pg_atomic_fetch_sub_u64(&entry->rejected, entry->flushing_rejected);
 }
 
-/* True if entry holds nothing a flush still has to write. */
+/* True if entry holds nothing a flush still has to write: it may be evicted. */
 static bool
 entry_is_drained(UsageEntry *entry)
 {
 	return pg_atomic_read_u64(&entry->calls) == 0 &&
 		pg_atomic_read_u64(&entry->rejected) == 0 &&
-		(TimestampTz) pg_atomic_read_u64(&entry->last_used) <= entry->flushed_last_used;
+		(TimestampTz) pg_atomic_read_u64(&entry->last_used) <= entry->flushed_last_used &&
+		!TransactionIdIsValid(entry->flush_xid);
+}
+
+/* Removes entry, possibly during a hash_seq_search (exclusive lock held). */
+static void
+entry_remove(UsageEntry *entry)
+{
+	hash_search(usage_hash, &entry->key, HASH_REMOVE, NULL);
+}
+
+/*
+ * Makes room for new entries (exclusive lock held): removes drained entries,
+ * every one of a past day and today's until a batch of max_tracked_keys / 16
+ * is free.  Returns how many entries were removed; *own counts the entries
+ * that hold counts of keys created by the current, still open, transaction.
+ */
+static int
+evict_drained(DateADT today, int *own)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	int			batch = Max(1, apikeys_max_tracked_keys / 16);
+	int			removed = 0;
+
+	*own = 0;
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry_is_drained(entry) && (entry->key.day < today || removed < batch))
+		{
+			entry_remove(entry);
+			removed++;
+		}
+		else if (TransactionIdIsValid(entry->creator_xid) &&
+				 TransactionIdIsCurrentTransactionId(entry->creator_xid))
+			(*own)++;
+	}
+	return removed;
 }
 
 /* Forgets entry's flush mark (exclusive lock held). */
@@ -231,12 +293,14 @@ entry_bump(UsageEntry *entry, bool valid, TimestampTz now)
 }
 
 void
-usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now)
+usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now,
+			TransactionId creator)
 {
 	UsageKey	key;
 	UsageEntry *entry;
 	text	   *id = DatumGetTextPP(key_id);
 	bool		waited = false;
+	uint64		settled_at_wait = 0;
 
 	if (shared == NULL || RecoveryInProgress() ||
 		VARSIZE_ANY_EXHDR(id) != APIKEY_ID_LEN)
@@ -262,14 +326,17 @@ usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now)
 	for (;;)
 	{
 		bool		found;
+		int			own = 0;
 
 		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 		entry = hash_search(usage_hash, &key, HASH_FIND, NULL);
 		if (entry == NULL &&
-			hash_get_num_entries(usage_hash) < apikeys_max_tracked_keys)
+			(hash_get_num_entries(usage_hash) < apikeys_max_tracked_keys ||
+			 evict_drained(key.day, &own) > 0))
 		{
 			entry = hash_search(usage_hash, &key, HASH_ENTER, &found);
 			entry_init(entry);
+			entry->creator_xid = creator;
 		}
 		if (entry)
 		{
@@ -279,15 +346,33 @@ usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now)
 		}
 		LWLockRelease(shared->lock);
 
+		/*
+		 * Every entry holds unflushed counts.  If some are this
+		 * transaction's own uncommitted keys and flushes have come and gone
+		 * without making room, only our commit could: wait no longer.
+		 */
+		if (waited && own > 0 &&
+			pg_atomic_read_u64(&shared->settled) - settled_at_wait >= OWN_ENTRIES_FLUSHES)
+		{
+			ConditionVariableCancelSleep();
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("apikeys usage counter table is full of keys created by this transaction"),
+					 errdetail("%d of its %d entries count keys this transaction created and has not committed.",
+							   own, apikeys_max_tracked_keys),
+					 errhint("Commit before validating more new keys, or raise apikeys.max_tracked_keys.")));
+		}
+
 		/* full: have the workers flush, and wait for room */
 		if (!waited)
 		{
 			ConditionVariablePrepareToSleep(&shared->room);
+			settled_at_wait = pg_atomic_read_u64(&shared->settled);
 			waited = true;
 		}
 		pg_atomic_write_u64(&shared->last_wait, (uint64) GetCurrentTimestamp());
 		apikeys_wake_workers();
-		(void) ConditionVariableTimedSleep(&shared->room, 1000, PG_WAIT_EXTENSION);
+		(void) ConditionVariableTimedSleep(&shared->room, ROOM_WAIT_MS, PG_WAIT_EXTENSION);
 	}
 	if (waited)
 		ConditionVariableCancelSleep();
@@ -323,13 +408,6 @@ usage_pending(Oid dbid)
 	return found;
 }
 
-/* Removes entry during a hash_seq_search (exclusive lock held). */
-static void
-entry_remove(UsageEntry *entry)
-{
-	hash_search(usage_hash, &entry->key, HASH_REMOVE, NULL);
-}
-
 UsageDelta *
 usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 {
@@ -339,7 +417,6 @@ usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 	int			count = 0;
 	bool		removed = false;
 	DateADT		today = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
-	bool		pressure = usage_pressure();
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	deltas = palloc(sizeof(UsageDelta) * Max(hash_get_num_entries(usage_hash), 1));
@@ -367,8 +444,8 @@ usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 		last_used = (TimestampTz) pg_atomic_read_u64(&entry->last_used);
 		if (calls == 0 && rejected == 0 && last_used <= entry->flushed_last_used)
 		{
-			/* idle since its last flush: free the slot if it is not today's */
-			if (entry->key.day < today || pressure)
+			/* drained: a past day's entry goes, today's stays for reuse */
+			if (entry->key.day < today)
 			{
 				entry_remove(entry);
 				removed = true;
@@ -394,14 +471,30 @@ usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 	return deltas;
 }
 
+/*
+ * True if the counts of an entry whose key the flush did not find may still
+ * find it: its creating transaction is running or has just committed
+ * (exclusive lock held).  The first "committed" answer clears creator_xid,
+ * so that a key deleted later does not keep its entry forever.
+ */
+static bool
+entry_key_may_appear(UsageEntry *entry)
+{
+	TransactionId xid = entry->creator_xid;
+
+	if (!TransactionIdIsValid(xid))
+		return false;
+	if (TransactionIdIsInProgress(xid))
+		return true;
+	entry->creator_xid = InvalidTransactionId;
+	return TransactionIdDidCommit(xid);
+}
+
 void
 usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *deltas,
 			 const bool *matched, const bool *last_used_done, int n)
 {
-	TimestampTz now = GetCurrentTimestamp();
-	DateADT		today = (DateADT) (now / USECS_PER_DAY);
-	bool		pressure = usage_pressure();
-	bool		removed = false;
+	DateADT		today = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < n; i++)
@@ -421,38 +514,31 @@ usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *delt
 		if (!matched[i])
 		{
 			/*
-			 * No such key in this snapshot: its creating transaction rolled
-			 * back or has not committed yet.  Keep the counts for a while in
-			 * case it commits, but never let them hold a full table.
+			 * No such key in the flush's snapshot: its creating transaction
+			 * is still open, or rolled back, or the row was deleted.  Keep
+			 * the counts while it may still commit; otherwise they are void.
 			 */
 			entry_clear_flush(entry);
-			if (entry->unmatched_since == 0)
-				entry->unmatched_since = now;
-			if (pressure || now - entry->unmatched_since > UNMATCHED_KEEP_USECS)
-			{
+			if (!entry_key_may_appear(entry))
 				entry_remove(entry);
-				removed = true;
-			}
 			continue;
 		}
 
-		entry->unmatched_since = 0;
+		entry->creator_xid = InvalidTransactionId;
 		entry_subtract_flushed(entry);
 		entry_clear_flush(entry);
 		if (last_used_done[i] && deltas[i].last_used > entry->flushed_last_used)
 			entry->flushed_last_used = deltas[i].last_used;
 
-		/* today's entries stay, so a busy key is not re-inserted every flush */
-		if ((entry->key.day < today || pressure) && entry_is_drained(entry))
-		{
+		/* today's drained entries stay, so a busy key is not re-inserted every flush */
+		if (entry->key.day < today && entry_is_drained(entry))
 			entry_remove(entry);
-			removed = true;
-		}
 	}
 	LWLockRelease(shared->lock);
 
-	if (removed)
-		ConditionVariableBroadcast(&shared->room);
+	/* entries were drained or removed: waiting backends can evict them now */
+	pg_atomic_fetch_add_u64(&shared->settled, 1);
+	ConditionVariableBroadcast(&shared->room);
 }
 
 void

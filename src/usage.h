@@ -30,10 +30,14 @@ extern void usage_shmem_startup(void);
 
 /*
  * Counts one validation of key_id (a text datum of the key's public id) in
- * this database.  valid says whether it passed; now is the validation time.
- * Waits for a flush instead of dropping the count when the table is full.
+ * this database.  valid says whether it passed; now is the validation time;
+ * creator is the key's creating transaction if this transaction is it (the
+ * key is not yet visible to a flush), else InvalidTransactionId.  When the
+ * table is full it evicts flushed entries, and waits for a flush only when
+ * every entry holds unflushed counts; a count is never dropped.
  */
-extern void usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now);
+extern void usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now,
+						TransactionId creator);
 
 /* True if database dbid has counts to write or entries to clear (a flush has work). */
 extern bool usage_pending(Oid dbid);

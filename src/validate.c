@@ -120,6 +120,6 @@ apikey_check(text *key, text *permission, Datum *addr, AddressSource source,
 		outcome = OUTCOME_INSUFFICIENT_SCOPE;
 
 	/* every validation of a known key is counted, valid or rejected */
-	usage_count(row->keys_relid, row->id, outcome == OUTCOME_VALID, now);
+	usage_count(row->keys_relid, row->id, outcome == OUTCOME_VALID, now, row->creator_xid);
 	return outcome;
 }
