@@ -9,7 +9,7 @@
 
 EXTENSION = apikeys
 MODULE_big = apikeys
-OBJS = src/apikeys.o src/functions.o src/keyformat.o src/lookup.o src/scope_match.o \
+OBJS = src/apikeys.o src/ddl.o src/functions.o src/keyformat.o src/lookup.o src/scope_match.o \
        src/identity.o src/usage.o src/validate.o src/worker.o
 DATA = apikeys--0.1.sql
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -146,7 +146,7 @@ _PG_init(void)
 	shmem_request_hook = apikeys_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = apikeys_shmem_startup;
-	apikeys_install_utility_hook();
+	apikeys_install_ddl_hooks();
 	if (!IsBinaryUpgrade)
 		apikeys_register_launcher();
 

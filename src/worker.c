@@ -9,19 +9,24 @@
  * CREATE EXTENSION apikeys just committed, and each one whose worker stopped
  * without finding the extension gone.  A worker records its verdict in its
  * slot: a worker that finds no extension, or sees DROP EXTENSION, says so
- * and exits, and is not restarted until the next CREATE EXTENSION.
+ * and exits, and is not restarted until the next CREATE EXTENSION.  A
+ * launcher that restarts adopts the workers still running (their slots
+ * carry their pids) instead of starting others.  Counters are forgotten
+ * only for a database gone from pg_database (or left invalid by an
+ * interrupted DROP DATABASE); one closed to connections keeps its worker,
+ * which connects regardless.
  *
- * Workers hold a database connection, which DROP DATABASE, RENAME and
- * CREATE DATABASE ... TEMPLATE refuse to work around; the ProcessUtility
- * hook therefore pauses the database's worker (stops it, and keeps the
- * launcher from restarting it) for the duration of such a command.
+ * Database DDL pauses a database's worker through worker_pause and
+ * worker_resume (ddl.c says when): a paused database gets no worker.
  *
  * Shared state: one slot per database the launcher or a backend has
  * something to say about, protected by the tranche's second LWLock.  Slots
  * carry the worker's pid and latch, the pause count, the "extension wanted"
  * message, the worker's verdict (extension or none), and flush request/done
  * generations.  The launcher exits 1 when stopped, so that the postmaster
- * restarts it; workers are restarted by the launcher.
+ * restarts it; workers are restarted by the launcher.  A cancel
+ * (pg_cancel_backend) never ends either: the launcher ignores it, and a
+ * worker abandons the pass it interrupts, as for any ERROR.
  *
  * Each pass (flush, expiry, retention) runs in its own transaction; an
  * ERROR is logged, the transaction aborted and the next pass runs.
@@ -102,9 +107,7 @@ typedef struct WorkerShared
 #define VERDICT_NO_EXTENSION	2
 
 static WorkerShared *ws = NULL;
-static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
-PG_FUNCTION_INFO_V1(apikeys_launch_worker);
 PG_FUNCTION_INFO_V1(apikeys_flush_usage);
 
 static int
@@ -158,12 +161,17 @@ slot_find(Oid dbid, bool create)
 	return NULL;
 }
 
-/* Frees a slot that holds nothing for anyone any more (lock held). */
+/*
+ * Frees a slot that holds nothing for anyone any more (lock held).  A slot
+ * with a flush request outstanding stays: flush_usage() is watching it, and
+ * the next worker must see the request.
+ */
 static void
 slot_release_if_idle(WorkerSlot *slot)
 {
 	if (slot->pid == 0 && slot->pausers == 0 && !slot->wanted &&
-		slot->verdict == VERDICT_UNKNOWN)
+		slot->verdict == VERDICT_UNKNOWN &&
+		slot->flush_requested == slot->flush_done)
 		slot->dbid = InvalidOid;
 }
 
@@ -264,6 +272,13 @@ start_worker(KnownDatabase *db, const char *dbname)
 /*
  * One look at pg_database: start, restart and forget workers as needed.
  * Sets *next_wakeup when a restart is waiting for its delay to pass.
+ *
+ * A worker is running if this launcher's handle says so or, for a worker
+ * started by an earlier launcher, if its slot has a pid: such workers are
+ * adopted, never duplicated.  A database that accepts no connections keeps
+ * its counters and its worker (which connects anyway); only a database
+ * gone from pg_database, or left invalid by an interrupted DROP DATABASE,
+ * has its counters forgotten.
  */
 static void
 launcher_scan(HTAB *known, TimestampTz *next_wakeup)
@@ -277,6 +292,12 @@ launcher_scan(HTAB *known, TimestampTz *next_wakeup)
 	bool		no_room = false;
 	Oid		   *counted;
 	int			ncounted;
+
+	/*
+	 * Which databases have counters, read before the catalog snapshot: a
+	 * database on this list that the snapshot does not show is gone.
+	 */
+	counted = usage_databases(&ncounted);
 
 	hash_seq_init(&seq, known);
 	while ((db = hash_seq_search(&seq)) != NULL)
@@ -293,9 +314,11 @@ launcher_scan(HTAB *known, TimestampTz *next_wakeup)
 		bool		running = false;
 		bool		paused = false;
 		bool		wanted = false;
+		bool		has_counts = false;
+		pid_t		slot_pid = 0;
 		WorkerSlot *slot;
 
-		if (!form->datallowconn || form->datconnlimit == DATCONNLIMIT_INVALID_DB)
+		if (form->datconnlimit == DATCONNLIMIT_INVALID_DB)
 			continue;
 
 		db = hash_search(known, &form->oid, HASH_ENTER, &found);
@@ -323,12 +346,13 @@ launcher_scan(HTAB *known, TimestampTz *next_wakeup)
 		slot = slot_find(db->dbid, false);
 		if (slot)
 		{
+			slot_pid = slot->pid;
 			paused = slot->pausers > 0;
 			wanted = slot->wanted;
 			/* learn what the worker found; a stopped worker's slot is then free */
 			if (slot->verdict != VERDICT_UNKNOWN)
 				db->verdict = slot->verdict;
-			if (!running)
+			if (!running && slot_pid == 0)
 			{
 				slot->verdict = VERDICT_UNKNOWN;
 				slot_release_if_idle(slot);
@@ -336,10 +360,19 @@ launcher_scan(HTAB *known, TimestampTz *next_wakeup)
 		}
 		LWLockRelease(ws->lock);
 
+		/* a worker an earlier launcher started: adopt it */
+		if (slot_pid != 0)
+			running = true;
 		if (running || paused || no_room)
 			continue;
 		/* not started: no extension here (until the next CREATE EXTENSION) */
 		if (!wanted && db->verdict == VERDICT_NO_EXTENSION)
+			continue;
+		for (int i = 0; i < ncounted && !has_counts; i++)
+			has_counts = (counted[i] == db->dbid);
+		/* closed to connections: a worker only where there is work for one */
+		if (!form->datallowconn && !wanted && !has_counts &&
+			db->verdict != VERDICT_EXTENSION)
 			continue;
 		/* a fresh CREATE EXTENSION starts at once; other starts are spaced out */
 		if (wanted || now >= db->next_start)
@@ -368,17 +401,19 @@ launcher_scan(HTAB *known, TimestampTz *next_wakeup)
 		{
 			WorkerSlot *slot = slot_find(db->dbid, false);
 
-			if (slot && slot->pid == 0)
+			if (slot && slot->pid == 0 && slot->pausers == 0)
 				slot->dbid = InvalidOid;
 		}
 		LWLockRelease(ws->lock);
 		usage_forget(db->dbid, InvalidOid);
 		hash_search(known, &db->dbid, HASH_REMOVE, NULL);
 	}
-	counted = usage_databases(&ncounted);
 	for (int i = 0; i < ncounted; i++)
-		if (hash_search(known, &counted[i], HASH_FIND, NULL) == NULL)
+	{
+		db = hash_search(known, &counted[i], HASH_FIND, NULL);
+		if (db == NULL || !db->seen)
 			usage_forget(counted[i], InvalidOid);
+	}
 	pfree(counted);
 }
 
@@ -390,6 +425,8 @@ apikeys_launcher_main(Datum arg)
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	/* a cancel has nothing to cancel here, and must not end the launcher */
+	pqsignal(SIGINT, SIG_IGN);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
@@ -459,6 +496,8 @@ worker_detach(int code, Datum arg)
 	my_slot->latch = NULL;
 	LWLockRelease(ws->lock);
 	ConditionVariableBroadcast(&ws->flushed);
+	/* a launcher that did not start this worker is not told by the postmaster */
+	wake_launcher();
 }
 
 /* Adds the flushed counters to apikeys.usage and last_used_at (SPI connected). */
@@ -705,8 +744,15 @@ apikeys_worker_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+	/* ALTER DATABASE ... ALLOW_CONNECTIONS false does not stop the bookkeeping */
+	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, BGWORKER_BYPASS_ALLOWCONN);
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	/*
+	 * A flush subtracts its counts from shared memory once it has committed:
+	 * that commit must be durable, whatever synchronous_commit says ("local":
+	 * never wait for a standby, which could stall every validation).
+	 */
+	SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);
 	pgstat_report_appname("apikeys worker");
 
 	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
@@ -775,7 +821,13 @@ apikeys_worker_main(Datum arg)
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
+
+		/*
+		 * A cancel (pg_cancel_backend) aborts the pass it interrupts, inside
+		 * run_pass; one that arrives between passes has nothing to cancel.
+		 * Raising it here, outside any PG_TRY, would end the worker.
+		 */
+		QueryCancelPending = false;
 	}
 
 	if (extension_gone)
@@ -792,65 +844,105 @@ apikeys_worker_main(Datum arg)
 }
 
 /* ----------------------------------------------------------------------
- * SQL-callable
+ * What database DDL and the SQL functions ask of the workers (ddl.c)
  * ----------------------------------------------------------------------
  */
 
-static bool launch_at_commit = false;	/* CREATE EXTENSION ran */
-static bool wake_at_commit = false; /* DROP EXTENSION ran */
-static bool xact_callback_registered = false;
-
-/*
- * At commit of a CREATE EXTENSION, asks the launcher for this database's
- * worker; at commit of a DROP EXTENSION, wakes the worker so it sees the
- * extension gone and leaves.
- */
-static void
-commit_xact_callback(XactEvent event, void *arg)
+/* At commit of CREATE EXTENSION: asks the launcher for dbid's worker now. */
+void
+worker_request_start(Oid dbid)
 {
 	WorkerSlot *slot;
-	Latch	   *worker_latch = NULL;
 
-	if (!launch_at_commit && !wake_at_commit)
-		return;
-	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT)
-		return;
-	if (event == XACT_EVENT_COMMIT && ws != NULL)
-	{
-		LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-		slot = slot_find(MyDatabaseId, launch_at_commit);
-		if (slot && launch_at_commit)
-			slot->wanted = true;
-		if (slot)
-			worker_latch = slot->latch;
-		LWLockRelease(ws->lock);
-		if (launch_at_commit)
-			wake_launcher();
-		if (worker_latch)
-			SetLatch(worker_latch);
-	}
-	launch_at_commit = wake_at_commit = false;
-}
-
-static void
-register_commit_callback(void)
-{
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(commit_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
-}
-
-/* apikeys._launch_worker(): called by the install script. */
-Datum
-apikeys_launch_worker(PG_FUNCTION_ARGS)
-{
 	if (ws == NULL)
-		PG_RETURN_VOID();
-	register_commit_callback();
-	launch_at_commit = true;
-	PG_RETURN_VOID();
+		return;
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	slot = slot_find(dbid, true);
+	if (slot)
+		slot->wanted = true;
+	LWLockRelease(ws->lock);
+	wake_launcher();
+}
+
+/* Sets the latch of dbid's worker, if it runs (it then looks at its database). */
+void
+worker_wake(Oid dbid)
+{
+	WorkerSlot *slot;
+	Latch	   *latch = NULL;
+
+	if (ws == NULL)
+		return;
+	LWLockAcquire(ws->lock, LW_SHARED);
+	slot = slot_find(dbid, false);
+	if (slot)
+		latch = slot->latch;
+	LWLockRelease(ws->lock);
+	if (latch)
+		SetLatch(latch);
+}
+
+/*
+ * Keeps dbid's worker from being started until worker_resume; false if no
+ * slot was free (nothing to undo then).  Does not wait: see
+ * worker_wait_stopped.
+ */
+bool
+worker_pause(Oid dbid)
+{
+	WorkerSlot *slot;
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	slot = slot_find(dbid, true);
+	if (slot)
+		slot->pausers++;
+	LWLockRelease(ws->lock);
+	return slot != NULL;
+}
+
+/*
+ * Stops dbid's worker (which must be paused) and waits for it to leave, up
+ * to PAUSE_WAIT_MS.  Interruptible: the caller must resume on error.
+ */
+void
+worker_wait_stopped(Oid dbid)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   PAUSE_WAIT_MS);
+
+	for (;;)
+	{
+		WorkerSlot *slot;
+		pid_t		pid = 0;
+
+		LWLockAcquire(ws->lock, LW_SHARED);
+		slot = slot_find(dbid, false);
+		if (slot)
+			pid = slot->pid;
+		LWLockRelease(ws->lock);
+		if (pid == 0 || GetCurrentTimestamp() >= deadline)
+			break;
+		(void) kill(pid, SIGTERM);
+		pg_usleep(10000L);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* Undoes one worker_pause: the launcher restarts the worker as for a killed one. */
+void
+worker_resume(Oid dbid)
+{
+	WorkerSlot *slot;
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	slot = slot_find(dbid, false);
+	if (slot && slot->pausers > 0)
+	{
+		slot->pausers--;
+		slot_release_if_idle(slot);
+	}
+	LWLockRelease(ws->lock);
+	wake_launcher();
 }
 
 /*
@@ -897,164 +989,3 @@ apikeys_flush_usage(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(done);
 }
 
-/* ----------------------------------------------------------------------
- * Stepping aside for database DDL
- * ----------------------------------------------------------------------
- */
-
-/* Stops the worker of dbid and keeps it stopped until resume_worker. */
-static void
-pause_worker(Oid dbid)
-{
-	WorkerSlot *slot;
-	TimestampTz deadline;
-
-	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-	slot = slot_find(dbid, true);
-	if (slot)
-		slot->pausers++;
-	LWLockRelease(ws->lock);
-	if (slot == NULL)
-		return;
-
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), PAUSE_WAIT_MS);
-	for (;;)
-	{
-		pid_t		pid;
-
-		LWLockAcquire(ws->lock, LW_SHARED);
-		pid = (slot->dbid == dbid) ? slot->pid : 0;
-		LWLockRelease(ws->lock);
-		if (pid == 0 || GetCurrentTimestamp() >= deadline)
-			break;
-		(void) kill(pid, SIGTERM);
-		pg_usleep(10000L);
-		CHECK_FOR_INTERRUPTS();
-	}
-}
-
-static void
-resume_worker(Oid dbid)
-{
-	WorkerSlot *slot;
-
-	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-	slot = slot_find(dbid, false);
-	if (slot && slot->pausers > 0)
-	{
-		slot->pausers--;
-		/* let the launcher start it again, as for a killed worker */
-		slot_release_if_idle(slot);
-	}
-	LWLockRelease(ws->lock);
-	wake_launcher();
-}
-
-/* The database a utility statement needs free of other connections, if any. */
-static Oid
-database_needing_exclusive_access(Node *parsetree)
-{
-	const char *dbname = NULL;
-	ListCell   *lc;
-
-	switch (nodeTag(parsetree))
-	{
-		case T_DropdbStmt:
-			dbname = ((DropdbStmt *) parsetree)->dbname;
-			break;
-		case T_RenameStmt:
-			if (((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
-				dbname = ((RenameStmt *) parsetree)->subname;
-			break;
-		case T_CreatedbStmt:
-			dbname = "template1";
-			foreach(lc, ((CreatedbStmt *) parsetree)->options)
-			{
-				DefElem    *opt = lfirst_node(DefElem, lc);
-
-				if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
-					dbname = defGetString(opt);
-			}
-			break;
-		case T_AlterDatabaseStmt:
-			foreach(lc, ((AlterDatabaseStmt *) parsetree)->options)
-			{
-				DefElem    *opt = lfirst_node(DefElem, lc);
-
-				if (strcmp(opt->defname, "tablespace") == 0)
-					dbname = ((AlterDatabaseStmt *) parsetree)->dbname;
-			}
-			break;
-		default:
-			break;
-	}
-	return dbname ? get_database_oid(dbname, true) : InvalidOid;
-}
-
-/* Runs the utility statement through the next hook or the standard path. */
-static void
-run_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
-			ProcessUtilityContext context, ParamListInfo params,
-			QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
-{
-	if (prev_ProcessUtility)
-		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-							params, queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-								params, queryEnv, dest, qc);
-}
-
-/* Runs the statement with the worker of dbid stopped, restarting it after. */
-static void
-run_utility_paused(Oid dbid, PlannedStmt *pstmt, const char *queryString,
-				   bool readOnlyTree, ProcessUtilityContext context,
-				   ParamListInfo params, QueryEnvironment *queryEnv,
-				   DestReceiver *dest, QueryCompletion *qc)
-{
-	pause_worker(dbid);
-	PG_TRY();
-	{
-		run_utility(pstmt, queryString, readOnlyTree, context, params,
-					queryEnv, dest, qc);
-	}
-	PG_FINALLY();
-	{
-		resume_worker(dbid);
-	}
-	PG_END_TRY();
-}
-
-static void
-apikeys_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
-					   bool readOnlyTree, ProcessUtilityContext context,
-					   ParamListInfo params, QueryEnvironment *queryEnv,
-					   DestReceiver *dest, QueryCompletion *qc)
-{
-	Oid			dbid = InvalidOid;
-
-	if (ws != NULL)
-	{
-		dbid = database_needing_exclusive_access(pstmt->utilityStmt);
-		if (IsA(pstmt->utilityStmt, DropStmt) &&
-			((DropStmt *) pstmt->utilityStmt)->removeType == OBJECT_EXTENSION)
-		{
-			register_commit_callback();
-			wake_at_commit = true;
-		}
-	}
-
-	if (OidIsValid(dbid) && dbid != MyDatabaseId)
-		run_utility_paused(dbid, pstmt, queryString, readOnlyTree, context,
-						   params, queryEnv, dest, qc);
-	else
-		run_utility(pstmt, queryString, readOnlyTree, context, params,
-					queryEnv, dest, qc);
-}
-
-void
-apikeys_install_utility_hook(void)
-{
-	prev_ProcessUtility = ProcessUtility_hook;
-	ProcessUtility_hook = apikeys_ProcessUtility;
-}

@@ -18,8 +18,15 @@ extern void worker_shmem_startup(void);
 /* Registers the launcher (from _PG_init, while preloading). */
 extern void apikeys_register_launcher(void);
 
-/* Installs the ProcessUtility hook that steps workers aside for database DDL. */
-extern void apikeys_install_utility_hook(void);
+/* Installs the hooks of ddl.c: workers step aside for database DDL. */
+extern void apikeys_install_ddl_hooks(void);
+
+/* What DDL asks of the workers (ddl.c); all do nothing when not preloaded. */
+extern void worker_request_start(Oid dbid);
+extern void worker_wake(Oid dbid);
+extern bool worker_pause(Oid dbid);
+extern void worker_wait_stopped(Oid dbid);
+extern void worker_resume(Oid dbid);
 
 /* Sets the latch of every running worker (the counter table is full). */
 extern void apikeys_wake_workers(void);
