@@ -9,9 +9,8 @@
 
 EXTENSION = apikeys
 MODULE_big = apikeys
-OBJS = src/apikeys.o src/ddl.o src/functions.o src/keyformat.o src/lookup.o src/scope_match.o \
-       src/identity.o src/usage.o src/validate.o src/worker.o
-DATA = apikeys--0.1.sql
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+DATA = $(wildcard apikeys--*.sql)
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
 

@@ -1,17 +1,23 @@
 /*
  * apikeys.h
- *		Module-wide declarations: GUC variables and the preload check.
+ *		Names shared by the modules that use the "apikeys" LWLock tranche.
  */
 #ifndef APIKEYS_H
 #define APIKEYS_H
 
-/* GUC apikeys.default_prefix: the prefix of keys created without one. */
-extern char *apikeys_default_prefix;
+#include "storage/lwlock.h"
 
-/* GUC apikeys.trusted_proxies: proxies whose X-Forwarded-For entries are believed. */
-extern int	apikeys_trusted_proxies;
+/* The named LWLock tranche and the index of each of its locks. */
+#define APIKEYS_TRANCHE			"apikeys"
+#define APIKEYS_LOCK_USAGE		0	/* the counter table (usage.c) */
+#define APIKEYS_LOCK_SLOTS		1	/* the worker slots (slots.c) */
+#define APIKEYS_NUM_LOCKS		2
 
-/* Raises 55000 with a hint unless the library came in through shared_preload_libraries. */
-extern void apikeys_require_preload(void);
+/* The lock of the tranche at index i (after shared memory is set up). */
+static inline LWLock *
+apikeys_lock(int i)
+{
+	return &(GetNamedLWLockTranche(APIKEYS_TRANCHE))[i].lock;
+}
 
 #endif							/* APIKEYS_H */

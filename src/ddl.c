@@ -40,8 +40,9 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
+#include "ddl.h"
+#include "slots.h"
 #include "usage.h"
-#include "worker.h"
 
 PG_FUNCTION_INFO_V1(apikeys_launch_worker);
 

@@ -28,13 +28,12 @@
 #include "utils/inet.h"
 #include "utils/memutils.h"
 
-#include "apikeys.h"
+#include "guc.h"
 #include "validate.h"
 
 #define ERRCODE_PT401	MAKE_SQLSTATE('P','T','4','0','1')
 #define ERRCODE_PT403	MAKE_SQLSTATE('P','T','4','0','3')
 
-int			apikeys_trusted_proxies = 1;
 
 typedef struct Identity
 {
@@ -52,7 +51,6 @@ PG_FUNCTION_INFO_V1(apikeys_authenticate);
 PG_FUNCTION_INFO_V1(apikeys_auth_key_id);
 PG_FUNCTION_INFO_V1(apikeys_auth_owner);
 PG_FUNCTION_INFO_V1(apikeys_auth_scope);
-PG_FUNCTION_INFO_V1(apikeys_scope_covers);
 
 static void
 identity_clear(void)
@@ -239,25 +237,4 @@ apikeys_auth_scope(PG_FUNCTION_ARGS)
 	if (!identity.set)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(identity.scope));
-}
-
-/*
- * apikeys._scope_covers(granting, target): true if scope granting grants
- * every permission of scope target (NULL if target does not exist).
- */
-Datum
-apikeys_scope_covers(PG_FUNCTION_ARGS)
-{
-	ArrayType  *wanted = scope_permissions(PG_GETARG_DATUM(1));
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-
-	if (wanted == NULL)
-		PG_RETURN_NULL();
-	deconstruct_array(wanted, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
-	for (int i = 0; i < n; i++)
-		if (!nulls[i] && !scope_grants(PG_GETARG_DATUM(0), DatumGetTextPP(elems[i])))
-			PG_RETURN_BOOL(false);
-	PG_RETURN_BOOL(true);
 }

@@ -201,3 +201,24 @@ apikey_parse(const char *key, size_t len, size_t *prefixlen)
 		*prefixlen = plen;
 	return true;
 }
+
+/*
+ * True if s holds a run of 30 or more base62 characters: it may be an api
+ * key (or a mistyped one) and must not be echoed in a message.
+ */
+bool
+apikey_may_be_key(const char *s)
+{
+	int			run = 0;
+
+	for (; *s; s++)
+	{
+		bool		base62 = (*s >= '0' && *s <= '9') || (*s >= 'A' && *s <= 'Z') ||
+			(*s >= 'a' && *s <= 'z');
+
+		run = base62 ? run + 1 : 0;
+		if (run >= 30)
+			return true;
+	}
+	return false;
+}

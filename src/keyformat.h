@@ -53,4 +53,11 @@ extern size_t apikey_assemble(const char *prefix, size_t prefixlen,
  */
 extern bool apikey_parse(const char *key, size_t len, size_t *prefixlen);
 
+/*
+ * True if the NUL-terminated string s holds a run of 30 or more base62
+ * characters: it may be an api key (or a mistyped one) and must not be
+ * echoed in a message.
+ */
+extern bool apikey_may_be_key(const char *s);
+
 #endif							/* APIKEYS_KEYFORMAT_H */

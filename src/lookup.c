@@ -47,9 +47,8 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
+#include "guc.h"
 #include "lookup.h"
-
-int			apikeys_backend_cache_keys = 16384;
 
 /* Where the rows live; valid only while 'valid' is true. */
 typedef struct Catalog

@@ -11,9 +11,6 @@
 #include "utils/array.h"
 #include "utils/jsonb.h"
 
-/* GUC apikeys.backend_cache_keys: keys each backend keeps cached (0: none). */
-extern int	apikeys_backend_cache_keys;
-
 /* What validation needs of one row of apikeys.keys, copied out of the buffer. */
 typedef struct KeyRow
 {

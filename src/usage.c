@@ -43,10 +43,8 @@
  * the next flush subtracts the amounts once the commit log says the xid
  * committed, or just clears the mark if it aborted.
  *
- * Durability: at postmaster exit (never after a crash) the counters not yet
- * flushed are written to pg_stat/apikeys_usage.stat, and read back and the
- * file removed when shared memory is next initialised.  After a crash the
- * counts since the last flush are lost.
+ * Durability: usage_dump.c saves the table at a clean shutdown and restores
+ * it at start.  After a crash the counts since the last flush are lost.
  *
  * On a hot standby nothing is counted: no worker can write there.
  */
@@ -70,12 +68,11 @@
 #include "utils/hsearch.h"
 #include "utils/timestamp.h"
 
+#include "apikeys.h"
+#include "guc.h"
+#include "slots.h"
 #include "usage.h"
-#include "worker.h"
-
-#define USAGE_DUMP_FILE		PGSTAT_STAT_PERMANENT_DIRECTORY "/apikeys_usage.stat"
-#define USAGE_DUMP_MAGIC	0x41504b55	/* "APKU" */
-#define USAGE_DUMP_VERSION	2
+#include "usage_internal.h"
 
 /* A backend that waited for room this recently means the table is full. */
 #define PRESSURE_USECS			(5 * USECS_PER_SEC)
@@ -84,69 +81,14 @@
 /* Flushes a backend waits through before blaming its own open transaction. */
 #define OWN_ENTRIES_FLUSHES		2
 
-int			apikeys_max_tracked_keys = 100000;
-
-typedef struct UsageKey
-{
-	Oid			dbid;
-	Oid			keys_relid;
-	DateADT		day;
-	char		key_id[APIKEY_ID_LEN];	/* not NUL-terminated */
-} UsageKey;
-
-typedef struct UsageEntry
-{
-	UsageKey	key;			/* hash key: must be first */
-	pg_atomic_uint64 calls;		/* valid calls not yet flushed */
-	pg_atomic_uint64 rejected;	/* rejected calls not yet flushed */
-	pg_atomic_uint64 last_used; /* latest valid call (TimestampTz) */
-	TimestampTz flushed_last_used;	/* last_used already written */
-	TransactionId creator_xid;	/* the key's creating transaction, when that
-								 * was still in progress at first count */
-	TransactionId flush_xid;	/* flush in progress or unsettled, or invalid */
-	uint32		flushing_calls; /* what that flush is writing */
-	uint32		flushing_rejected;
-} UsageEntry;
-
-typedef struct UsageShared
-{
-	LWLock	   *lock;
-	ConditionVariable room;		/* broadcast when entries are removed */
-	pg_atomic_uint64 last_wait; /* when a backend last waited for room */
-	pg_atomic_uint64 settled;	/* flushes settled so far, by any worker */
-} UsageShared;
-
-/* On-disk form of one entry in the shutdown dump. */
-typedef struct UsageDumpEntry
-{
-	UsageKey	key;
-	uint64		calls;
-	uint64		rejected;
-	TimestampTz last_used;
-	TimestampTz flushed_last_used;
-	TransactionId flush_xid;
-	uint32		flushing_calls;
-	uint32		flushing_rejected;
-} UsageDumpEntry;
-
-static UsageShared *shared = NULL;
-static HTAB *usage_hash = NULL;
-
-static void usage_shmem_shutdown(int code, Datum arg);
-static void usage_load(void);
+UsageShared *usage_shared = NULL;
+HTAB	   *usage_hash = NULL;
 
 Size
 usage_shmem_size(void)
 {
 	return add_size(MAXALIGN(sizeof(UsageShared)),
 					hash_estimate_size(apikeys_max_tracked_keys, sizeof(UsageEntry)));
-}
-
-/* Called from the shmem_request_hook. */
-void
-usage_shmem_request(void)
-{
-	RequestAddinShmemSpace(usage_shmem_size());
 }
 
 /* Called from the shmem_startup_hook, under AddinShmemInitLock. */
@@ -156,13 +98,13 @@ usage_shmem_startup(void)
 	bool		found;
 	HASHCTL		info;
 
-	shared = ShmemInitStruct("apikeys usage", sizeof(UsageShared), &found);
+	usage_shared = ShmemInitStruct("apikeys usage", sizeof(UsageShared), &found);
 	if (!found)
 	{
-		shared->lock = &(GetNamedLWLockTranche("apikeys"))[0].lock;
-		ConditionVariableInit(&shared->room);
-		pg_atomic_init_u64(&shared->last_wait, 0);
-		pg_atomic_init_u64(&shared->settled, 0);
+		usage_shared->lock = apikeys_lock(APIKEYS_LOCK_USAGE);
+		ConditionVariableInit(&usage_shared->room);
+		pg_atomic_init_u64(&usage_shared->last_wait, 0);
+		pg_atomic_init_u64(&usage_shared->settled, 0);
 	}
 
 	info.keysize = sizeof(UsageKey);
@@ -173,16 +115,11 @@ usage_shmem_startup(void)
 
 	/* the postmaster restores the last shutdown's counters and dumps at exit */
 	if (!IsUnderPostmaster)
-	{
-		on_shmem_exit(usage_shmem_shutdown, (Datum) 0);
-		if (!found)
-			usage_load();
-	}
+		usage_dump_setup(!found);
 }
 
-/* Sets up a new entry's counters (exclusive lock held). */
-static void
-entry_init(UsageEntry *entry)
+void
+usage_entry_init(UsageEntry *entry)
 {
 	pg_atomic_init_u64(&entry->calls, 0);
 	pg_atomic_init_u64(&entry->rejected, 0);
@@ -302,7 +239,7 @@ usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now,
 	bool		waited = false;
 	uint64		settled_at_wait = 0;
 
-	if (shared == NULL || RecoveryInProgress() ||
+	if (usage_shared == NULL || RecoveryInProgress() ||
 		VARSIZE_ANY_EXHDR(id) != APIKEY_ID_LEN)
 		return;
 
@@ -313,38 +250,38 @@ usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now,
 	memcpy(key.key_id, VARDATA_ANY(id), APIKEY_ID_LEN);
 
 	/* the common case: the entry exists */
-	LWLockAcquire(shared->lock, LW_SHARED);
+	LWLockAcquire(usage_shared->lock, LW_SHARED);
 	entry = hash_search(usage_hash, &key, HASH_FIND, NULL);
 	if (entry)
 	{
 		entry_bump(entry, valid, now);
-		LWLockRelease(shared->lock);
+		LWLockRelease(usage_shared->lock);
 		return;
 	}
-	LWLockRelease(shared->lock);
+	LWLockRelease(usage_shared->lock);
 
 	for (;;)
 	{
 		bool		found;
 		int			own = 0;
 
-		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+		LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
 		entry = hash_search(usage_hash, &key, HASH_FIND, NULL);
 		if (entry == NULL &&
 			(hash_get_num_entries(usage_hash) < apikeys_max_tracked_keys ||
 			 evict_drained(key.day, &own) > 0))
 		{
 			entry = hash_search(usage_hash, &key, HASH_ENTER, &found);
-			entry_init(entry);
+			usage_entry_init(entry);
 			entry->creator_xid = creator;
 		}
 		if (entry)
 		{
 			entry_bump(entry, valid, now);
-			LWLockRelease(shared->lock);
+			LWLockRelease(usage_shared->lock);
 			break;
 		}
-		LWLockRelease(shared->lock);
+		LWLockRelease(usage_shared->lock);
 
 		/*
 		 * Every entry holds unflushed counts.  If some are this
@@ -352,7 +289,7 @@ usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now,
 		 * without making room, only our commit could: wait no longer.
 		 */
 		if (waited && own > 0 &&
-			pg_atomic_read_u64(&shared->settled) - settled_at_wait >= OWN_ENTRIES_FLUSHES)
+			pg_atomic_read_u64(&usage_shared->settled) - settled_at_wait >= OWN_ENTRIES_FLUSHES)
 		{
 			ConditionVariableCancelSleep();
 			ereport(ERROR,
@@ -366,13 +303,13 @@ usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now,
 		/* full: have the workers flush, and wait for room */
 		if (!waited)
 		{
-			ConditionVariablePrepareToSleep(&shared->room);
-			settled_at_wait = pg_atomic_read_u64(&shared->settled);
+			ConditionVariablePrepareToSleep(&usage_shared->room);
+			settled_at_wait = pg_atomic_read_u64(&usage_shared->settled);
 			waited = true;
 		}
-		pg_atomic_write_u64(&shared->last_wait, (uint64) GetCurrentTimestamp());
+		pg_atomic_write_u64(&usage_shared->last_wait, (uint64) GetCurrentTimestamp());
 		apikeys_wake_workers();
-		(void) ConditionVariableTimedSleep(&shared->room, ROOM_WAIT_MS, PG_WAIT_EXTENSION);
+		(void) ConditionVariableTimedSleep(&usage_shared->room, ROOM_WAIT_MS, PG_WAIT_EXTENSION);
 	}
 	if (waited)
 		ConditionVariableCancelSleep();
@@ -381,7 +318,7 @@ usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now,
 bool
 usage_pressure(void)
 {
-	TimestampTz last = (TimestampTz) pg_atomic_read_u64(&shared->last_wait);
+	TimestampTz last = (TimestampTz) pg_atomic_read_u64(&usage_shared->last_wait);
 
 	return last != 0 && GetCurrentTimestamp() - last < PRESSURE_USECS;
 }
@@ -395,7 +332,7 @@ usage_pending(Oid dbid)
 
 	DateADT		today = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
 
-	LWLockAcquire(shared->lock, LW_SHARED);
+	LWLockAcquire(usage_shared->lock, LW_SHARED);
 	hash_seq_init(&seq, usage_hash);
 	while (!found && (entry = hash_seq_search(&seq)) != NULL)
 		found = (entry->key.dbid == dbid &&
@@ -404,7 +341,7 @@ usage_pending(Oid dbid)
 				  entry->key.day < today));
 	if (found)
 		hash_seq_term(&seq);
-	LWLockRelease(shared->lock);
+	LWLockRelease(usage_shared->lock);
 	return found;
 }
 
@@ -418,7 +355,7 @@ usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 	bool		removed = false;
 	DateADT		today = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
 
-	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
 	deltas = palloc(sizeof(UsageDelta) * Max(hash_get_num_entries(usage_hash), 1));
 	hash_seq_init(&seq, usage_hash);
 	while ((entry = hash_seq_search(&seq)) != NULL)
@@ -463,10 +400,10 @@ usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 		entry->flushing_rejected = (uint32) rejected;
 		count++;
 	}
-	LWLockRelease(shared->lock);
+	LWLockRelease(usage_shared->lock);
 
 	if (removed)
-		ConditionVariableBroadcast(&shared->room);
+		ConditionVariableBroadcast(&usage_shared->room);
 	*n = count;
 	return deltas;
 }
@@ -496,7 +433,7 @@ usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *delt
 {
 	DateADT		today = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
 
-	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < n; i++)
 	{
 		UsageKey	key;
@@ -534,11 +471,11 @@ usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *delt
 		if (entry->key.day < today && entry_is_drained(entry))
 			entry_remove(entry);
 	}
-	LWLockRelease(shared->lock);
+	LWLockRelease(usage_shared->lock);
 
 	/* entries were drained or removed: waiting backends can evict them now */
-	pg_atomic_fetch_add_u64(&shared->settled, 1);
-	ConditionVariableBroadcast(&shared->room);
+	pg_atomic_fetch_add_u64(&usage_shared->settled, 1);
+	ConditionVariableBroadcast(&usage_shared->room);
 }
 
 void
@@ -548,7 +485,7 @@ usage_forget(Oid dbid, Oid keys_relid)
 	UsageEntry *entry;
 	bool		removed = false;
 
-	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
 	hash_seq_init(&seq, usage_hash);
 	while ((entry = hash_seq_search(&seq)) != NULL)
 	{
@@ -559,9 +496,9 @@ usage_forget(Oid dbid, Oid keys_relid)
 			removed = true;
 		}
 	}
-	LWLockRelease(shared->lock);
+	LWLockRelease(usage_shared->lock);
 	if (removed)
-		ConditionVariableBroadcast(&shared->room);
+		ConditionVariableBroadcast(&usage_shared->room);
 }
 
 Oid *
@@ -572,7 +509,7 @@ usage_databases(int *n)
 	Oid		   *dbs;
 	int			count = 0;
 
-	LWLockAcquire(shared->lock, LW_SHARED);
+	LWLockAcquire(usage_shared->lock, LW_SHARED);
 	dbs = palloc(sizeof(Oid) * Max(hash_get_num_entries(usage_hash), 1));
 	hash_seq_init(&seq, usage_hash);
 	while ((entry = hash_seq_search(&seq)) != NULL)
@@ -584,136 +521,7 @@ usage_databases(int *n)
 		if (!seen)
 			dbs[count++] = entry->key.dbid;
 	}
-	LWLockRelease(shared->lock);
+	LWLockRelease(usage_shared->lock);
 	*n = count;
 	return dbs;
-}
-
-/*
- * Postmaster exit (never after a crash): writes the counters not yet
- * flushed to USAGE_DUMP_FILE.  Every other process has exited by now.
- */
-static void
-usage_shmem_shutdown(int code, Datum arg)
-{
-	FILE	   *file;
-	HASH_SEQ_STATUS seq;
-	UsageEntry *entry;
-	uint32		header[2] = {USAGE_DUMP_MAGIC, USAGE_DUMP_VERSION};
-	int32		count;
-
-	if (code != 0 || shared == NULL || usage_hash == NULL)
-		return;
-
-	file = AllocateFile(USAGE_DUMP_FILE ".tmp", PG_BINARY_W);
-	if (file == NULL)
-		goto error;
-	count = (int32) hash_get_num_entries(usage_hash);
-	if (fwrite(header, sizeof(header), 1, file) != 1 ||
-		fwrite(&count, sizeof(count), 1, file) != 1)
-		goto error;
-
-	hash_seq_init(&seq, usage_hash);
-	while ((entry = hash_seq_search(&seq)) != NULL)
-	{
-		UsageDumpEntry out;
-
-		memset(&out, 0, sizeof(out));
-		out.key = entry->key;
-		out.calls = pg_atomic_read_u64(&entry->calls);
-		out.rejected = pg_atomic_read_u64(&entry->rejected);
-		out.last_used = (TimestampTz) pg_atomic_read_u64(&entry->last_used);
-		out.flushed_last_used = entry->flushed_last_used;
-		out.flush_xid = entry->flush_xid;
-		out.flushing_calls = entry->flushing_calls;
-		out.flushing_rejected = entry->flushing_rejected;
-		if (fwrite(&out, sizeof(out), 1, file) != 1)
-		{
-			hash_seq_term(&seq);
-			goto error;
-		}
-	}
-	if (FreeFile(file))
-	{
-		file = NULL;
-		goto error;
-	}
-	(void) durable_rename(USAGE_DUMP_FILE ".tmp", USAGE_DUMP_FILE, LOG);
-	return;
-
-error:
-	ereport(LOG,
-			(errcode_for_file_access(),
-			 errmsg("could not write file \"%s\": %m", USAGE_DUMP_FILE ".tmp")));
-	if (file)
-		FreeFile(file);
-	unlink(USAGE_DUMP_FILE ".tmp");
-}
-
-/* Restores the counters dumped at the last clean shutdown, then removes the file. */
-static void
-usage_load(void)
-{
-	FILE	   *file = AllocateFile(USAGE_DUMP_FILE, PG_BINARY_R);
-	uint32		header[2];
-	int32		count;
-	int32		lost = 0;
-
-	if (file == NULL)
-	{
-		if (errno != ENOENT)
-			ereport(LOG,
-					(errcode_for_file_access(),
-					 errmsg("could not read file \"%s\": %m", USAGE_DUMP_FILE)));
-		return;
-	}
-
-	if (fread(header, sizeof(header), 1, file) != 1 ||
-		header[0] != USAGE_DUMP_MAGIC || header[1] != USAGE_DUMP_VERSION ||
-		fread(&count, sizeof(count), 1, file) != 1 || count < 0)
-	{
-		ereport(LOG,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("ignoring invalid file \"%s\"", USAGE_DUMP_FILE)));
-		goto done;
-	}
-
-	for (int32 i = 0; i < count; i++)
-	{
-		UsageDumpEntry in;
-		UsageEntry *entry;
-		bool		found;
-
-		if (fread(&in, sizeof(in), 1, file) != 1)
-		{
-			ereport(LOG,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("file \"%s\" is truncated", USAGE_DUMP_FILE)));
-			break;
-		}
-		if (hash_get_num_entries(usage_hash) >= apikeys_max_tracked_keys)
-		{
-			lost++;
-			continue;
-		}
-		entry = hash_search(usage_hash, &in.key, HASH_ENTER, &found);
-		entry_init(entry);
-		pg_atomic_write_u64(&entry->calls, in.calls);
-		pg_atomic_write_u64(&entry->rejected, in.rejected);
-		pg_atomic_write_u64(&entry->last_used, (uint64) in.last_used);
-		entry->flushed_last_used = in.flushed_last_used;
-		entry->flush_xid = in.flush_xid;
-		entry->flushing_calls = in.flushing_calls;
-		entry->flushing_rejected = in.flushing_rejected;
-	}
-	if (lost > 0)
-		ereport(WARNING,
-				(errmsg("apikeys dropped the unflushed counts of %d keys at startup", lost),
-				 errdetail("apikeys.max_tracked_keys is smaller than the number of counters saved at shutdown."),
-				 errhint("Raise apikeys.max_tracked_keys to at least %d.",
-						 apikeys_max_tracked_keys + lost)));
-
-done:
-	FreeFile(file);
-	unlink(USAGE_DUMP_FILE);
 }

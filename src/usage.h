@@ -11,9 +11,6 @@
 
 #include "keyformat.h"
 
-/* GUC apikeys.max_tracked_keys: capacity of the counter table. */
-extern int	apikeys_max_tracked_keys;
-
 /* One counter row as the flush sees it. */
 typedef struct UsageDelta
 {
@@ -25,7 +22,6 @@ typedef struct UsageDelta
 } UsageDelta;
 
 extern Size usage_shmem_size(void);
-extern void usage_shmem_request(void);
 extern void usage_shmem_startup(void);
 
 /*

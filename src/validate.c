@@ -10,15 +10,20 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "funcapi.h"
 #include "catalog/pg_type.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inet.h"
+#include "utils/timestamp.h"
 
 #include "keyformat.h"
-#include "scope_match.h"
+#include "guc.h"
+#include "scopes.h"
 #include "usage.h"
 #include "validate.h"
+
+PG_FUNCTION_INFO_V1(apikey_validate);
 
 const char *const outcome_codes[] = {
 	"valid", "malformed", "not_found", "revoked", "expired",
@@ -51,31 +56,6 @@ address_allowed(Datum addr, ArrayType *networks)
 	for (int i = 0; i < n; i++)
 		if (DatumGetBool(DirectFunctionCall2(network_subeq, addr, elems[i])))
 			return true;
-	return false;
-}
-
-bool
-scope_grants(Datum scope, text *permission)
-{
-	ArrayType  *patterns = scope_permissions(scope);
-	Datum	   *elems;
-	bool	   *elemnulls;
-	int			n;
-
-	if (patterns == NULL)
-		return false;
-	deconstruct_array(patterns, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elemnulls, &n);
-	for (int i = 0; i < n; i++)
-	{
-		text	   *pattern;
-
-		if (elemnulls[i])
-			continue;
-		pattern = DatumGetTextPP(elems[i]);
-		if (scope_pattern_grants(VARDATA_ANY(pattern), VARSIZE_ANY_EXHDR(pattern),
-								 VARDATA_ANY(permission), VARSIZE_ANY_EXHDR(permission)))
-			return true;
-	}
 	return false;
 }
 
@@ -122,4 +102,91 @@ apikey_check(text *key, text *permission, Datum *addr, AddressSource source,
 	/* every validation of a known key is counted, valid or rejected */
 	usage_count(row->keys_relid, row->id, outcome == OUTCOME_VALID, now, row->creator_xid);
 	return outcome;
+}
+
+/* ----------------------------------------------------------------------
+ * apikey_validate
+ * ----------------------------------------------------------------------
+ */
+
+/*
+ * The blessed descriptor of apikey_validate's result row.  Each execution of
+ * a prepared statement gets a new FmgrInfo, so it is kept per backend, for
+ * the function OID it was built for (a re-created extension has new OIDs).
+ */
+static TupleDesc
+validation_tupdesc(FunctionCallInfo fcinfo)
+{
+	static Oid	cached_fn = InvalidOid;
+	static TupleDesc cached = NULL;
+	TupleDesc	tupdesc;
+	MemoryContext old;
+
+	if (cached != NULL && cached_fn == fcinfo->flinfo->fn_oid)
+		return cached;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+	MemoryContextSwitchTo(old);
+	if (cached != NULL)
+		FreeTupleDesc(cached);
+	cached = tupdesc;
+	cached_fn = fcinfo->flinfo->fn_oid;
+	return cached;
+}
+
+/* Forms the apikeys.validation row for outcome, with the key's details if known. */
+static Datum
+validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row)
+{
+	TupleDesc	tupdesc = validation_tupdesc(fcinfo);
+	Datum		values[8];
+	bool		nulls[8] = {false};
+
+	values[0] = BoolGetDatum(outcome == OUTCOME_VALID);
+	values[1] = CStringGetTextDatum(outcome_codes[outcome]);
+	if (row == NULL)
+	{
+		for (int i = 2; i < 8; i++)
+			nulls[i] = true;
+	}
+	else
+	{
+		values[2] = row->id;
+		values[3] = row->owner;
+		values[4] = row->name;
+		values[5] = row->scope;
+		values[6] = TimestampTzGetDatum(row->expires_at);
+		nulls[6] = !row->has_expiry;
+		values[7] = JsonbPGetDatum(row->metadata);
+		nulls[7] = (row->metadata == NULL);
+	}
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+}
+
+/*
+ * apikey_validate(key, permission, client_ip) returns apikeys.validation
+ *
+ * Never raises for a bad key: every key gets an outcome row.
+ */
+Datum
+apikey_validate(PG_FUNCTION_ARGS)
+{
+	KeyRow		row;
+	Datum		addr;
+	Outcome		outcome;
+
+	apikeys_require_preload();
+
+	if (!PG_ARGISNULL(2))
+		addr = PG_GETARG_DATUM(2);
+	outcome = apikey_check(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0),
+						   PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1),
+						   PG_ARGISNULL(2) ? NULL : &addr,
+						   ADDRESS_GIVEN_OR_CONNECTION, &row);
+	PG_RETURN_DATUM(validation_result(fcinfo, outcome,
+									  (outcome == OUTCOME_MALFORMED ||
+									   outcome == OUTCOME_NOT_FOUND) ? NULL : &row));
 }

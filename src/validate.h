@@ -37,7 +37,4 @@ typedef enum AddressSource
 extern Outcome apikey_check(text *key, text *permission, Datum *addr,
 							AddressSource source, KeyRow *row);
 
-/* True if one of scope's permission patterns grants permission. */
-extern bool scope_grants(Datum scope, text *permission);
-
 #endif							/* APIKEYS_VALIDATE_H */

@@ -1,15 +1,16 @@
 /*
- * functions.c
- *		SQL-callable entry points written in C: apikey_create, apikey_validate.
+ * create.c
+ *		Minting a key: apikey_create, and apikeys._create_key for rotation.
  *
- * apikey_create runs as SECURITY DEFINER with a pinned search_path and
- * writes through SPI, so the key row and its audit event commit or roll back
- * together.  The plaintext key exists only in this backend's memory and in
- * the returned row: it is never passed to SPI, logged or put in a message.
+ * Runs as SECURITY DEFINER with a pinned search_path and writes through
+ * SPI, so the key row and its audit event commit or roll back together.
+ * The plaintext key exists only in this backend's memory and in the
+ * returned row: it is never passed to SPI, logged or put in a message.
  *
- * apikey_validate answers every key with an outcome row, never an error, and
- * writes nothing: validate.c decides, reading through lookup.c under the
- * statement's snapshot and counting the call in shared memory.
+ * One C entry point per SQL signature: apikey_create_0_2 (the public
+ * 7-argument function) and apikeys_create_key (8 arguments, the last the
+ * predecessor's id).  apikey_create is the symbol 0.1's script bound both
+ * signatures to; it stays, for databases not yet updated to 0.2.
  */
 #include "postgres.h"
 
@@ -22,13 +23,14 @@
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
-#include "apikeys.h"
+#include "guc.h"
 #include "keyformat.h"
 #include "lookup.h"
-#include "validate.h"
+#include "scopes.h"
 
 PG_FUNCTION_INFO_V1(apikey_create);
-PG_FUNCTION_INFO_V1(apikey_validate);
+PG_FUNCTION_INFO_V1(apikey_create_0_2);
+PG_FUNCTION_INFO_V1(apikeys_create_key);
 
 #define MAX_NAME_CHARS		200
 #define MAX_LIFETIME_DAYS	365
@@ -112,27 +114,6 @@ random_base62(char *out, size_t n)
 }
 
 /*
- * True if s holds a run of 30 or more base62 characters: it may be an api
- * key (or a mistyped one) and must not be echoed in a message.
- */
-static bool
-may_be_a_key(const char *s)
-{
-	int			run = 0;
-
-	for (; *s; s++)
-	{
-		bool		base62 = (*s >= '0' && *s <= '9') || (*s >= 'A' && *s <= 'Z') ||
-			(*s >= 'a' && *s <= 'z');
-
-		run = base62 ? run + 1 : 0;
-		if (run >= 30)
-			return true;
-	}
-	return false;
-}
-
-/*
  * The statement sql, prepared on first use and kept for the backend's life
  * (the plan cache re-plans it after DDL, including DROP/CREATE EXTENSION).
  */
@@ -151,54 +132,14 @@ saved_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 	return *plan;
 }
 
-/* Raises 22023 for an unknown scope, listing the valid ones (SPI connected). */
-static void
-check_scope_exists(Datum scope)
-{
-	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		args[1] = {scope};
-	char	   *valid = NULL;
-	char	   *name;
-
-	/* the lock keeps the scope from being deleted before this key commits */
-	saved_plan(&plan,
-			   "SELECT FROM apikeys.scopes s"
-			   " WHERE s.name OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
-			   1, argtypes);
-	if (SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up scope");
-	if (SPI_processed > 0)
-		return;
-
-	if (SPI_execute("SELECT pg_catalog.string_agg(s.name, ', ' ORDER BY s.name)"
-					" FROM apikeys.scopes s", true, 1) == SPI_OK_SELECT &&
-		SPI_processed == 1)
-		valid = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-
-	/* name the scope, unless it is too long or could be a key given by mistake */
-	name = TextDatumGetCString(scope);
-	if (strlen(name) > 64 || may_be_a_key(name))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown scope (valid scopes: %s)", valid ? valid : "none"),
-				 errdetail("The scope given is not shown: it is too long or looks like an api key."),
-				 errhint("Add a scope with INSERT INTO apikeys.scopes (name, permissions).")));
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unknown scope \"%s\" (valid scopes: %s)", name, valid ? valid : "none"),
-			 errhint("Add a scope with INSERT INTO apikeys.scopes (name, permissions).")));
-}
-
 /*
- * apikey_create(owner, name, scope, ip_restrictions, expires_in_days, prefix,
- *				 metadata [, rotated_from]) returns apikeys.new_key
- *
- * The optional eighth argument is how apikey_rotate links the successor to
- * the key it replaces.
+ * Mints a key from the arguments (owner, name, scope, ip_restrictions,
+ * expires_in_days, prefix, metadata [, rotated_from]) and returns its
+ * apikeys.new_key row.  rotated_from (argument 8, when with_predecessor)
+ * is how apikey_rotate links the successor to the key it replaces.
  */
-Datum
-apikey_create(PG_FUNCTION_ARGS)
+static Datum
+create_key(FunctionCallInfo fcinfo, bool with_predecessor)
 {
 	text	   *owner;
 	text	   *name;
@@ -208,7 +149,7 @@ apikey_create(PG_FUNCTION_ARGS)
 	int32		lifetime_days = never_expires ? 0 : PG_GETARG_INT32(4);
 	const char *prefix;
 	Jsonb	   *metadata;
-	bool		has_predecessor = PG_NARGS() > 7 && !PG_ARGISNULL(7);
+	bool		has_predecessor = with_predecessor && !PG_ARGISNULL(7);
 	char		random_chars[APIKEY_RANDOM_CHARS];
 	char		key[APIKEY_MAX_LEN + 1];
 	size_t		keylen;
@@ -277,7 +218,7 @@ apikey_create(PG_FUNCTION_ARGS)
 
 	/* store the row and its audit event in one statement */
 	SPI_connect();
-	check_scope_exists(scope);
+	scope_require_exists(scope);
 	{
 		Oid			argtypes[13] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 									BYTEAOID, TEXTOID, CIDRARRAYOID, JSONBOID,
@@ -343,89 +284,23 @@ apikey_create(PG_FUNCTION_ARGS)
 													  values, nulls)));
 }
 
-/* ----------------------------------------------------------------------
- * apikey_validate
- * ----------------------------------------------------------------------
- */
-
-/*
- * The blessed descriptor of apikey_validate's result row.  Each execution of
- * a prepared statement gets a new FmgrInfo, so it is kept per backend, for
- * the function OID it was built for (a re-created extension has new OIDs).
- */
-static TupleDesc
-validation_tupdesc(FunctionCallInfo fcinfo)
-{
-	static Oid	cached_fn = InvalidOid;
-	static TupleDesc cached = NULL;
-	TupleDesc	tupdesc;
-	MemoryContext old;
-
-	if (cached != NULL && cached_fn == fcinfo->flinfo->fn_oid)
-		return cached;
-
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
-	MemoryContextSwitchTo(old);
-	if (cached != NULL)
-		FreeTupleDesc(cached);
-	cached = tupdesc;
-	cached_fn = fcinfo->flinfo->fn_oid;
-	return cached;
-}
-
-/* Forms the apikeys.validation row for outcome, with the key's details if known. */
-static Datum
-validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row)
-{
-	TupleDesc	tupdesc = validation_tupdesc(fcinfo);
-	Datum		values[8];
-	bool		nulls[8] = {false};
-
-	values[0] = BoolGetDatum(outcome == OUTCOME_VALID);
-	values[1] = CStringGetTextDatum(outcome_codes[outcome]);
-	if (row == NULL)
-	{
-		for (int i = 2; i < 8; i++)
-			nulls[i] = true;
-	}
-	else
-	{
-		values[2] = row->id;
-		values[3] = row->owner;
-		values[4] = row->name;
-		values[5] = row->scope;
-		values[6] = TimestampTzGetDatum(row->expires_at);
-		nulls[6] = !row->has_expiry;
-		values[7] = JsonbPGetDatum(row->metadata);
-		nulls[7] = (row->metadata == NULL);
-	}
-	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
-}
-
-/*
- * apikey_validate(key, permission, client_ip) returns apikeys.validation
- *
- * Never raises for a bad key: every key gets an outcome row.
- */
+/* apikeys.apikey_create(owner, name, scope, ip_restrictions, expires_in_days, prefix, metadata) */
 Datum
-apikey_validate(PG_FUNCTION_ARGS)
+apikey_create_0_2(PG_FUNCTION_ARGS)
 {
-	KeyRow		row;
-	Datum		addr;
-	Outcome		outcome;
+	return create_key(fcinfo, false);
+}
 
-	apikeys_require_preload();
+/* apikeys._create_key(owner, ..., metadata, rotated_from) */
+Datum
+apikeys_create_key(PG_FUNCTION_ARGS)
+{
+	return create_key(fcinfo, true);
+}
 
-	if (!PG_ARGISNULL(2))
-		addr = PG_GETARG_DATUM(2);
-	outcome = apikey_check(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0),
-						   PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1),
-						   PG_ARGISNULL(2) ? NULL : &addr,
-						   ADDRESS_GIVEN_OR_CONNECTION, &row);
-	PG_RETURN_DATUM(validation_result(fcinfo, outcome,
-									  (outcome == OUTCOME_MALFORMED ||
-									   outcome == OUTCOME_NOT_FOUND) ? NULL : &row));
+/* 0.1's symbol for both signatures above; used until ALTER EXTENSION UPDATE. */
+Datum
+apikey_create(PG_FUNCTION_ARGS)
+{
+	return create_key(fcinfo, PG_NARGS() > 7);
 }

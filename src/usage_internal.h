@@ -1,0 +1,57 @@
+/*
+ * usage_internal.h
+ *		The counter table's layout, shared by usage.c (counting, flushing)
+ *		and usage_dump.c (saving it across a clean restart).  Nothing else
+ *		includes this: other modules use usage.h.
+ */
+#ifndef APIKEYS_USAGE_INTERNAL_H
+#define APIKEYS_USAGE_INTERNAL_H
+
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/lwlock.h"
+#include "utils/date.h"
+#include "utils/hsearch.h"
+
+#include "keyformat.h"
+
+typedef struct UsageKey
+{
+	Oid			dbid;
+	Oid			keys_relid;
+	DateADT		day;
+	char		key_id[APIKEY_ID_LEN];	/* not NUL-terminated */
+} UsageKey;
+
+typedef struct UsageEntry
+{
+	UsageKey	key;			/* hash key: must be first */
+	pg_atomic_uint64 calls;		/* valid calls not yet flushed */
+	pg_atomic_uint64 rejected;	/* rejected calls not yet flushed */
+	pg_atomic_uint64 last_used; /* latest valid call (TimestampTz) */
+	TimestampTz flushed_last_used;	/* last_used already written */
+	TransactionId creator_xid;	/* the key's creating transaction, when that
+								 * was still in progress at first count */
+	TransactionId flush_xid;	/* flush in progress or unsettled, or invalid */
+	uint32		flushing_calls; /* what that flush is writing */
+	uint32		flushing_rejected;
+} UsageEntry;
+
+typedef struct UsageShared
+{
+	LWLock	   *lock;
+	ConditionVariable room;		/* broadcast when entries are removed */
+	pg_atomic_uint64 last_wait; /* when a backend last waited for room */
+	pg_atomic_uint64 settled;	/* flushes settled so far, by any worker */
+} UsageShared;
+
+extern UsageShared *usage_shared;
+extern HTAB *usage_hash;
+
+/* Sets up a new entry's counters (exclusive lock held, or the postmaster alone). */
+extern void usage_entry_init(UsageEntry *entry);
+
+/* Registers the shutdown dump and restores the last one (postmaster, at startup). */
+extern void usage_dump_setup(bool restore);
+
+#endif							/* APIKEYS_USAGE_INTERNAL_H */
