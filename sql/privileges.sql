@@ -201,6 +201,7 @@ SELECT 100 + row_number() OVER (ORDER BY f.func),
                                                       WHEN 'interval' THEN '0'
                                                       WHEN 'inet' THEN '127.0.0.1'
                                                       WHEN 'boolean' THEN 'false'
+                                                      WHEN 'timestamp with time zone' THEN 'epoch'
                                                       ELSE 'x' END, t::regtype), ', ' ORDER BY i)
                  FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY AS a(t, i)))
   FROM f JOIN pg_proc AS p ON p.oid = f.oid

@@ -34,6 +34,28 @@ PG_FUNCTION_INFO_V1(apikeys_create_key);
 
 #define MAX_NAME_CHARS		200
 #define MAX_LIFETIME_DAYS	365
+/* Stores the key row and its "created" audit event (0.2: through apikeys._audit). */
+#define STORE_KEY_COLUMNS \
+	"WITH k AS (" \
+	" INSERT INTO apikeys.keys (id, owner, name, prefix, last4, digest," \
+	"  scope, ip_restrictions, metadata, lifetime_days, expires_at," \
+	"  created_at, rotated_from)" \
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)" \
+	" RETURNING *)"
+#define CREATED_DETAIL \
+	"pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(" \
+	" 'name', k.name, 'scope', k.scope, 'prefix', k.prefix," \
+	" 'expires_at', k.expires_at, 'ip_restrictions', k.ip_restrictions," \
+	" 'rotated_from', k.rotated_from))"
+#define STORE_KEY \
+	STORE_KEY_COLUMNS \
+	" SELECT apikeys._audit('created', k.id, k.owner, " CREATED_DETAIL ", k.created_at)" \
+	" FROM k"
+#define STORE_KEY_0_1 \
+	STORE_KEY_COLUMNS \
+	" INSERT INTO apikeys.audit (at, key_id, owner, event, detail)" \
+	" SELECT k.created_at, k.id, k.owner, 'created', " CREATED_DETAIL \
+	" FROM k"
 #define CREATE_WARNING \
 	"Store this key now: it is shown only once and cannot be recovered."
 
@@ -137,9 +159,11 @@ saved_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
  * expires_in_days, prefix, metadata [, rotated_from]) and returns its
  * apikeys.new_key row.  rotated_from (argument 8, when with_predecessor)
  * is how apikey_rotate links the successor to the key it replaces.
+ * schema_0_1 says the caller is a function of 0.1's script, whose schema
+ * has no apikeys._audit.
  */
 static Datum
-create_key(FunctionCallInfo fcinfo, bool with_predecessor)
+create_key(FunctionCallInfo fcinfo, bool with_predecessor, bool schema_0_1)
 {
 	text	   *owner;
 	text	   *name;
@@ -225,7 +249,7 @@ create_key(FunctionCallInfo fcinfo, bool with_predecessor)
 									INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID};
 		Datum		args[13];
 		char		argnulls[13];
-		static SPIPlanPtr plan = NULL;
+		static SPIPlanPtr plans[2] = {NULL, NULL};
 
 		memset(argnulls, ' ', sizeof(argnulls));
 		args[0] = CStringGetTextDatum(id);
@@ -246,22 +270,12 @@ create_key(FunctionCallInfo fcinfo, bool with_predecessor)
 		if (!has_predecessor)
 			argnulls[12] = 'n';
 
-		saved_plan(&plan,
-				   "WITH k AS ("
-				   " INSERT INTO apikeys.keys (id, owner, name, prefix, last4, digest,"
-				   "  scope, ip_restrictions, metadata, lifetime_days, expires_at,"
-				   "  created_at, rotated_from)"
-				   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-				   " RETURNING *)"
-				   " INSERT INTO apikeys.audit (at, key_id, owner, event, detail)"
-				   " SELECT k.created_at, k.id, k.owner, 'created',"
-				   "  pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
-				   "   'name', k.name, 'scope', k.scope, 'prefix', k.prefix,"
-				   "   'expires_at', k.expires_at, 'ip_restrictions', k.ip_restrictions,"
-				   "   'rotated_from', k.rotated_from))"
-				   " FROM k",
+		/* 0.2 audits through apikeys._audit; a 0.1 schema has no such function */
+		saved_plan(&plans[schema_0_1],
+				   schema_0_1 ? STORE_KEY_0_1 : STORE_KEY,
 				   13, argtypes);
-		if (SPI_execute_plan(plan, args, argnulls, false, 0) != SPI_OK_INSERT)
+		if (SPI_execute_plan(plans[schema_0_1], args, argnulls, false, 0) !=
+			(schema_0_1 ? SPI_OK_INSERT : SPI_OK_SELECT))
 			elog(ERROR, "could not store the new api key");
 	}
 	SPI_finish();
@@ -288,19 +302,19 @@ create_key(FunctionCallInfo fcinfo, bool with_predecessor)
 Datum
 apikey_create_0_2(PG_FUNCTION_ARGS)
 {
-	return create_key(fcinfo, false);
+	return create_key(fcinfo, false, false);
 }
 
 /* apikeys._create_key(owner, ..., metadata, rotated_from) */
 Datum
 apikeys_create_key(PG_FUNCTION_ARGS)
 {
-	return create_key(fcinfo, true);
+	return create_key(fcinfo, true, false);
 }
 
 /* 0.1's symbol for both signatures above; used until ALTER EXTENSION UPDATE. */
 Datum
 apikey_create(PG_FUNCTION_ARGS)
 {
-	return create_key(fcinfo, PG_NARGS() > 7);
+	return create_key(fcinfo, PG_NARGS() > 7, true);
 }

@@ -219,6 +219,17 @@ database_needing_exclusive_access(Node *parsetree, bool *template)
 	return dbname ? get_database_oid(dbname, true) : InvalidOid;
 }
 
+/* True if role owns database dbid (or is a superuser). */
+static bool
+database_owned_by(Oid dbid, Oid role)
+{
+#if PG_VERSION_NUM >= 160000
+	return object_ownercheck(DatabaseRelationId, dbid, role);
+#else
+	return pg_database_ownercheck(dbid, role);
+#endif
+}
+
 /*
  * True if PostgreSQL would let the current user run the command on dbid:
  * the owner (or a superuser) for DROP, RENAME and SET TABLESPACE; for a
@@ -234,10 +245,10 @@ may_run_database_command(Oid dbid, bool template)
 	if (superuser())
 		return true;
 	if (!template)
-		return pg_database_ownercheck(dbid, user);
+		return database_owned_by(dbid, user);
 	if (!have_createdb_privilege())
 		return false;
-	if (pg_database_ownercheck(dbid, user))
+	if (database_owned_by(dbid, user))
 		return true;
 	{
 		HeapTuple	tuple = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dbid));

@@ -202,10 +202,30 @@ flush_body(void *arg)
 	}
 }
 
-/* Marks keys past expires_at as expired, audits and announces them (SPI connected). */
+/*
+ * Marks keys past expires_at as expired, audits and announces them (SPI
+ * connected): apikeys._expire_due_keys() does it, the one definition of the
+ * pass.  A database still on 0.1's schema (library updated, ALTER
+ * EXTENSION not yet run) lacks it and gets 0.1's statement.
+ */
 static void
 expiry_body(void *arg)
 {
+	bool		isnull;
+	bool		has_function;
+
+	if (SPI_execute("SELECT pg_catalog.to_regprocedure('apikeys._expire_due_keys()') IS NOT NULL",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not look up apikeys._expire_due_keys()");
+	has_function = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 1, &isnull));
+	if (has_function)
+	{
+		if (SPI_execute("SELECT pg_catalog.count(*) FROM apikeys._expire_due_keys()",
+						false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not expire api keys");
+		return;
+	}
 	if (SPI_execute("WITH due AS ("
 					" SELECT k.id FROM apikeys.keys k"
 					" WHERE k.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"

@@ -1,0 +1,206 @@
+-- apikeys 0.1 -> 0.2 (ALTER EXTENSION apikeys UPDATE TO '0.2').
+-- Every schema change of 0.2 is made here and in apikeys--0.2.sql alike;
+-- test/t/011_upgrade.pl checks that both give the same objects.
+-- CREATE OR REPLACE keeps each existing function's privileges and comment.
+
+\echo Use "ALTER EXTENSION apikeys UPDATE TO '0.2'" to load this file. \quit
+
+------------------------------------------------------------------------------
+-- One definition of expiry and one writer of the audit trail
+------------------------------------------------------------------------------
+
+-- The one rule of expiry, for SQL and the worker alike: a key expires at
+-- expires_at (validation in C applies the same comparison).  No SET
+-- search_path, so that it is inlined and the expiry index stays usable; its
+-- body names nothing outside pg_catalog.
+CREATE FUNCTION apikeys._is_expired(expires_at timestamptz, at timestamptz)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT $1 OPERATOR(pg_catalog.<=) $2 $$;
+COMMENT ON FUNCTION apikeys._is_expired(timestamptz, timestamptz) IS
+	'True if a key with this expires_at is expired at the given time (NULL expires_at: never)';
+
+-- The only writer of apikeys.audit: SQL functions, the C create path and
+-- the worker's expiry pass all record events through it.
+CREATE FUNCTION apikeys._audit(event text, key_id text, owner text, detail jsonb,
+	at timestamptz DEFAULT NULL)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+INSERT INTO apikeys.audit (at, key_id, owner, event, detail)
+VALUES (COALESCE($5, pg_catalog.clock_timestamp()), $2, $3, $1, $4)
+$$;
+COMMENT ON FUNCTION apikeys._audit(text, text, text, jsonb, timestamptz) IS
+	'Internal: appends one event to apikeys.audit (at defaults to the current time)';
+
+REVOKE ALL ON FUNCTION apikeys._is_expired(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys._audit(text, text, text, jsonb, timestamptz) FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- One C entry point per SQL signature (0.1 bound both to apikey_create)
+------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION apikeys._create_key(owner text, name text, scope text,
+	ip_restrictions cidr[], expires_in_days integer, prefix text,
+	metadata jsonb, rotated_from text)
+RETURNS apikeys.new_key
+LANGUAGE C VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'apikeys_create_key';
+
+CREATE OR REPLACE FUNCTION apikeys.apikey_create(owner text, name text,
+	scope text DEFAULT 'full',
+	ip_restrictions cidr[] DEFAULT '{}',
+	expires_in_days integer DEFAULT NULL,
+	prefix text DEFAULT NULL,
+	metadata jsonb DEFAULT '{}')
+RETURNS apikeys.new_key
+LANGUAGE C VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'apikey_create_0_2';
+
+------------------------------------------------------------------------------
+-- The lifecycle functions use the helpers above
+------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION apikeys.apikey_revoke(id text, owner text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k apikeys.keys;
+BEGIN
+	PERFORM apikeys._assert_preloaded();
+	PERFORM apikeys._require_text('id', apikey_revoke.id);
+	IF apikey_revoke.owner IS NOT NULL THEN
+		PERFORM apikeys._require_text('owner', apikey_revoke.owner);
+	END IF;
+
+	k := apikeys._lock_key(apikey_revoke.id, apikey_revoke.owner);
+	IF k.revoked_at IS NOT NULL THEN
+		RETURN false;
+	END IF;
+
+	UPDATE apikeys.keys AS t SET revoked_at = pg_catalog.clock_timestamp()
+	 WHERE t.id OPERATOR(pg_catalog.=) k.id;
+	PERFORM apikeys._audit('revoked', k.id, k.owner,
+			pg_catalog.jsonb_build_object('name', k.name,
+				'was_expired', apikeys._is_expired(k.expires_at, pg_catalog.statement_timestamp())));
+	RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.apikey_list(owner text)
+RETURNS TABLE (id text, name text, prefix text, last4 text, scope text,
+			   ip_restrictions cidr[], expires_at timestamptz,
+			   last_used_at timestamptz, created_at timestamptz,
+			   is_revoked boolean, status text)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM apikeys._assert_preloaded();
+	PERFORM apikeys._require_text('owner', apikey_list.owner);
+	RETURN QUERY
+	SELECT k.id, k.name, k.prefix, k.last4, k.scope, k.ip_restrictions,
+		   k.expires_at, k.last_used_at, k.created_at,
+		   k.revoked_at IS NOT NULL,
+		   CASE
+			   WHEN k.revoked_at IS NOT NULL THEN 'revoked'
+			   WHEN apikeys._is_expired(k.expires_at, pg_catalog.statement_timestamp()) THEN 'expired'
+			   ELSE 'active'
+		   END
+	  FROM apikeys.keys AS k
+	 WHERE k.owner OPERATOR(pg_catalog.=) apikey_list.owner
+	 ORDER BY k.created_at DESC, k.id DESC;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.apikey_rotate(id text, grace interval DEFAULT '0',
+	owner text DEFAULT NULL)
+RETURNS apikeys.new_key
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k apikeys.keys;
+	successor apikeys.new_key;
+	old_until timestamptz;
+BEGIN
+	PERFORM apikeys._assert_preloaded();
+	PERFORM apikeys._require_text('id', apikey_rotate.id);
+	IF apikey_rotate.owner IS NOT NULL THEN
+		PERFORM apikeys._require_text('owner', apikey_rotate.owner);
+	END IF;
+	IF grace IS NULL OR grace OPERATOR(pg_catalog.<) interval '0'
+	   OR grace OPERATOR(pg_catalog.>) interval '7 days' THEN
+		RAISE EXCEPTION 'grace must be between 0 and 7 days'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.format('The grace given was %s.', COALESCE(grace::text, 'NULL'));
+	END IF;
+
+	k := apikeys._lock_key(apikey_rotate.id, apikey_rotate.owner);
+	IF k.revoked_at IS NOT NULL THEN
+		RAISE EXCEPTION 'api key "%" is revoked and cannot be rotated', k.id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	IF apikeys._is_expired(k.expires_at, pg_catalog.statement_timestamp()) THEN
+		RAISE EXCEPTION 'api key "%" is expired and cannot be rotated', k.id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+
+	successor := apikeys._create_key(k.owner, k.name, k.scope, k.ip_restrictions,
+									 k.lifetime_days, k.prefix, k.metadata, k.id);
+
+	old_until := successor.created_at OPERATOR(pg_catalog.+) grace;
+	IF k.expires_at IS NOT NULL AND k.expires_at OPERATOR(pg_catalog.<) old_until THEN
+		old_until := k.expires_at;
+	END IF;
+	UPDATE apikeys.keys AS t SET expires_at = old_until
+	 WHERE t.id OPERATOR(pg_catalog.=) k.id;
+	PERFORM apikeys._audit('rotated', k.id, k.owner,
+			pg_catalog.jsonb_build_object('successor', successor.id,
+										  'grace', grace::text,
+										  'expires_at', old_until));
+	RETURN successor;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- The worker's expiry pass, as a function
+------------------------------------------------------------------------------
+-- The expiry pass, run by the background worker every
+-- apikeys.expiry_interval: marks keys past expires_at (not revoked) as
+-- expired, audits and announces each, and returns their ids.  Keys locked
+-- by a user's transaction are left for the next pass.
+CREATE FUNCTION apikeys._expire_due_keys()
+RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	e record;
+BEGIN
+	FOR e IN
+		WITH due AS (
+			SELECT k.id FROM apikeys.keys AS k
+			 WHERE apikeys._is_expired(k.expires_at, pg_catalog.now())
+			   AND k.expired_at IS NULL AND k.revoked_at IS NULL
+			   FOR NO KEY UPDATE SKIP LOCKED)
+		UPDATE apikeys.keys AS k SET expired_at = pg_catalog.now()
+		  FROM due WHERE k.id OPERATOR(pg_catalog.=) due.id
+		RETURNING k.id, k.owner, k.name, k.expires_at
+	LOOP
+		PERFORM apikeys._audit('expired', e.id, e.owner,
+				pg_catalog.jsonb_build_object('name', e.name, 'expires_at', e.expires_at));
+		PERFORM pg_catalog.pg_notify('apikeys_expired', e.id);
+		RETURN NEXT e.id;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION apikeys._expire_due_keys() IS
+	'Internal: the expiry pass of the background worker; returns the ids it expired';
+
+REVOKE ALL ON FUNCTION apikeys._expire_due_keys() FROM PUBLIC;
