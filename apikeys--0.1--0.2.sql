@@ -60,6 +60,36 @@ LANGUAGE C VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'apikey_create_0_2';
 
+-- The rotation grace rule: grace ends at + grace, which must lie between
+-- at and at + 7 days (the resulting times are compared, in the session's
+-- time zone, so '1 mon -23 days' is judged by the month it spans).
+CREATE FUNCTION apikeys._grace_end(grace interval, at timestamptz)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ends timestamptz;
+BEGIN
+	BEGIN
+		ends := at OPERATOR(pg_catalog.+) grace;
+	EXCEPTION WHEN datetime_field_overflow THEN
+		ends := NULL;			-- out of range, as below
+	END;
+	IF ends IS NULL OR ends OPERATOR(pg_catalog.<) at
+	   OR ends OPERATOR(pg_catalog.>) (at OPERATOR(pg_catalog.+) interval '7 days') THEN
+		RAISE EXCEPTION 'grace must be between 0 and 7 days'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.format('The grace given was %s.', COALESCE(grace::text, 'NULL'));
+	END IF;
+	RETURN ends;
+END
+$$;
+COMMENT ON FUNCTION apikeys._grace_end(interval, timestamptz) IS
+	'Internal: when a rotation grace given at this time ends; 22023 unless within 0 to 7 days';
+
+REVOKE ALL ON FUNCTION apikeys._grace_end(interval, timestamptz) FROM PUBLIC;
+
 ------------------------------------------------------------------------------
 -- The lifecycle functions use the helpers above
 ------------------------------------------------------------------------------
@@ -134,12 +164,7 @@ BEGIN
 	IF apikey_rotate.owner IS NOT NULL THEN
 		PERFORM apikeys._require_text('owner', apikey_rotate.owner);
 	END IF;
-	IF grace IS NULL OR grace OPERATOR(pg_catalog.<) interval '0'
-	   OR grace OPERATOR(pg_catalog.>) interval '7 days' THEN
-		RAISE EXCEPTION 'grace must be between 0 and 7 days'
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = pg_catalog.format('The grace given was %s.', COALESCE(grace::text, 'NULL'));
-	END IF;
+	PERFORM apikeys._grace_end(grace, pg_catalog.statement_timestamp());
 
 	k := apikeys._lock_key(apikey_rotate.id, apikey_rotate.owner);
 	IF k.revoked_at IS NOT NULL THEN
@@ -204,3 +229,41 @@ COMMENT ON FUNCTION apikeys._expire_due_keys() IS
 	'Internal: the expiry pass of the background worker; returns the ids it expired';
 
 REVOKE ALL ON FUNCTION apikeys._expire_due_keys() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Scope administration: the in-use check reads apikeys.keys as the
+-- extension's owner, so apikeys_admin can rename and delete unused scopes
+------------------------------------------------------------------------------
+
+ALTER FUNCTION apikeys.scopes_in_use() SECURITY DEFINER;
+
+------------------------------------------------------------------------------
+-- Cache invalidation from row-level triggers, so that logical replication's
+-- apply worker (which fires no statement-level trigger but TRUNCATE's)
+-- invalidates the subscriber's caches too
+------------------------------------------------------------------------------
+
+DROP TRIGGER keys_invalidate_cache ON apikeys.keys;
+DROP TRIGGER scopes_invalidate_cache ON apikeys.scopes;
+CREATE TRIGGER keys_invalidate_cache
+	AFTER UPDATE OF id, owner, name, digest, scope, ip_restrictions, metadata,
+		expires_at, revoked_at OR DELETE ON apikeys.keys
+	FOR EACH ROW EXECUTE FUNCTION apikeys._invalidate_cache();
+CREATE TRIGGER keys_invalidate_cache_truncate
+	AFTER TRUNCATE ON apikeys.keys
+	FOR EACH STATEMENT EXECUTE FUNCTION apikeys._invalidate_cache();
+CREATE TRIGGER scopes_invalidate_cache
+	AFTER INSERT OR UPDATE OR DELETE ON apikeys.scopes
+	FOR EACH ROW EXECUTE FUNCTION apikeys._invalidate_cache();
+CREATE TRIGGER scopes_invalidate_cache_truncate
+	AFTER TRUNCATE ON apikeys.scopes
+	FOR EACH STATEMENT EXECUTE FUNCTION apikeys._invalidate_cache();
+-- Row-level, because the logical replication apply worker fires row-level
+-- (and TRUNCATE) triggers only, and ENABLE ALWAYS, because it runs with
+-- session_replication_role = replica: a revocation applied on a subscriber
+-- reaches every session's cache at apply commit.  (One invalidation per
+-- transaction and table: PostgreSQL drops the duplicates.)
+ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_invalidate_cache;
+ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_invalidate_cache_truncate;
+ALTER TABLE apikeys.scopes ENABLE ALWAYS TRIGGER scopes_invalidate_cache;
+ALTER TABLE apikeys.scopes ENABLE ALWAYS TRIGGER scopes_invalidate_cache_truncate;

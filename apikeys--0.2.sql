@@ -93,14 +93,16 @@ COMMENT ON COLUMN apikeys.usage.calls IS 'Validations of the key that returned v
 COMMENT ON COLUMN apikeys.usage.rejected IS
 	'Validations of the key that failed (revoked, expired, IP, scope)';
 
--- A scope that keys use cannot be deleted, renamed or truncated away.  This
+-- A scope that keys use cannot be deleted, renamed or truncated away.  The
+-- trigger runs as the extension's owner, so that apikeys_admin, who manages
+-- scopes but cannot read apikeys.keys, can rename and delete unused ones.  This
 -- is a foreign key in effect, kept as a trigger because pg_dump cannot order
 -- a parallel pg_restore of extension tables by their foreign keys.
 -- (apikey_create locks the scope row FOR KEY SHARE while it uses it.)
 CREATE FUNCTION apikeys.scopes_in_use()
 RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	used bigint;
@@ -181,14 +183,26 @@ COMMENT ON FUNCTION apikeys._invalidate_cache() IS
 
 CREATE TRIGGER keys_invalidate_cache
 	AFTER UPDATE OF id, owner, name, digest, scope, ip_restrictions, metadata,
-		expires_at, revoked_at OR DELETE OR TRUNCATE ON apikeys.keys
+		expires_at, revoked_at OR DELETE ON apikeys.keys
+	FOR EACH ROW EXECUTE FUNCTION apikeys._invalidate_cache();
+CREATE TRIGGER keys_invalidate_cache_truncate
+	AFTER TRUNCATE ON apikeys.keys
 	FOR EACH STATEMENT EXECUTE FUNCTION apikeys._invalidate_cache();
 CREATE TRIGGER scopes_invalidate_cache
-	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikeys.scopes
+	AFTER INSERT OR UPDATE OR DELETE ON apikeys.scopes
+	FOR EACH ROW EXECUTE FUNCTION apikeys._invalidate_cache();
+CREATE TRIGGER scopes_invalidate_cache_truncate
+	AFTER TRUNCATE ON apikeys.scopes
 	FOR EACH STATEMENT EXECUTE FUNCTION apikeys._invalidate_cache();
--- also when changes arrive through logical replication
+-- Row-level, because the logical replication apply worker fires row-level
+-- (and TRUNCATE) triggers only, and ENABLE ALWAYS, because it runs with
+-- session_replication_role = replica: a revocation applied on a subscriber
+-- reaches every session's cache at apply commit.  (One invalidation per
+-- transaction and table: PostgreSQL drops the duplicates.)
 ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_invalidate_cache;
+ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_invalidate_cache_truncate;
 ALTER TABLE apikeys.scopes ENABLE ALWAYS TRIGGER scopes_invalidate_cache;
+ALTER TABLE apikeys.scopes ENABLE ALWAYS TRIGGER scopes_invalidate_cache_truncate;
 
 -- pg_dump keeps user data of extension tables only when asked to.  Shipped
 -- scopes are part of the script, so only scopes added later are dumped.
@@ -337,6 +351,34 @@ $$;
 COMMENT ON FUNCTION apikeys._lock_key(text, text) IS
 	'Internal: the key id (of owner, if given) locked for update, or P0002';
 
+-- The rotation grace rule: grace ends at + grace, which must lie between
+-- at and at + 7 days (the resulting times are compared, in the session's
+-- time zone, so '1 mon -23 days' is judged by the month it spans).
+CREATE FUNCTION apikeys._grace_end(grace interval, at timestamptz)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ends timestamptz;
+BEGIN
+	BEGIN
+		ends := at OPERATOR(pg_catalog.+) grace;
+	EXCEPTION WHEN datetime_field_overflow THEN
+		ends := NULL;			-- out of range, as below
+	END;
+	IF ends IS NULL OR ends OPERATOR(pg_catalog.<) at
+	   OR ends OPERATOR(pg_catalog.>) (at OPERATOR(pg_catalog.+) interval '7 days') THEN
+		RAISE EXCEPTION 'grace must be between 0 and 7 days'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.format('The grace given was %s.', COALESCE(grace::text, 'NULL'));
+	END IF;
+	RETURN ends;
+END
+$$;
+COMMENT ON FUNCTION apikeys._grace_end(interval, timestamptz) IS
+	'Internal: when a rotation grace given at this time ends; 22023 unless within 0 to 7 days';
+
 -- Raises 22023 unless days is a window length of 1 to 90.
 CREATE FUNCTION apikeys._require_days(days integer)
 RETURNS void
@@ -460,12 +502,7 @@ BEGIN
 	IF apikey_rotate.owner IS NOT NULL THEN
 		PERFORM apikeys._require_text('owner', apikey_rotate.owner);
 	END IF;
-	IF grace IS NULL OR grace OPERATOR(pg_catalog.<) interval '0'
-	   OR grace OPERATOR(pg_catalog.>) interval '7 days' THEN
-		RAISE EXCEPTION 'grace must be between 0 and 7 days'
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = pg_catalog.format('The grace given was %s.', COALESCE(grace::text, 'NULL'));
-	END IF;
+	PERFORM apikeys._grace_end(grace, pg_catalog.statement_timestamp());
 
 	k := apikeys._lock_key(apikey_rotate.id, apikey_rotate.owner);
 	IF k.revoked_at IS NOT NULL THEN

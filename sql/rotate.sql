@@ -233,3 +233,23 @@ SELECT sm.label AS successor, pm.label AS predecessor,
   JOIN minted AS sm ON sm.id = s.id
   JOIN minted AS pm ON pm.id = p.id
  ORDER BY sm.label;
+
+-- The grace limit is on the resulting time, not on the interval: '1 mon -23
+-- days' compares equal to 7 days as an interval but ends 8 days after
+-- 1 July.  apikeys._grace_end(grace, at) is the rule apikey_rotate applies
+-- at its statement's time.
+SET TimeZone = 'UTC';
+SELECT g AS grace, regress.outcome(format('SELECT apikeys._grace_end(%L, %L)', g, t)) AS outcome
+  FROM (VALUES ('1 mon -23 days', '2026-07-01 00:00+00'),
+               ('1 mon -23 days', '2026-02-01 00:00+00'),
+               ('7 days', '2026-07-01 00:00+00'),
+               ('168 hours', '2026-07-01 00:00+00'),
+               ('168 hours 1 second', '2026-07-01 00:00+00'),
+               ('-1 second', '2026-07-01 00:00+00'),
+               ('1 mon -30 days', '2026-07-01 00:00+00')) AS v(g, t);
+SELECT apikeys._grace_end('1 mon -23 days', '2026-02-01 00:00+00') AS ends;
+-- across a daylight-saving change the limit is 7 calendar days of the
+-- session's time zone, as the grace is
+SET TimeZone = 'America/New_York';
+SELECT regress.outcome($$SELECT apikeys._grace_end('7 days', '2026-03-05 12:00')$$) AS seven_days_over_dst;
+RESET TimeZone;
