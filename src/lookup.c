@@ -10,12 +10,13 @@
  * Each backend keeps what it read in a cache keyed by digest (and scopes'
  * permissions by name), bounded by apikeys.backend_cache_keys.  The cache
  * follows the syscache's rules:
- *	- Statement-level triggers on apikeys.keys (the columns validation reads)
- *	  and apikeys.scopes send a relcache invalidation, which every backend
- *	  receives when the changing transaction commits (and the changing
- *	  backend at its next command).  The relcache callback marks the cache
- *	  stale; it is emptied at the start of the next lookup, never while a
- *	  caller still holds pointers into it.
+ *	- Row-level triggers on apikeys.keys (the columns validation reads)
+ *	  and apikeys.scopes (and TRUNCATE triggers) send a relcache
+ *	  invalidation, also when logical replication applies the change,
+ *	  which every backend receives when the changing transaction commits
+ *	  (and the changing backend at its next command).  The relcache
+ *	  callback marks the cache stale; it is emptied at the start of the
+ *	  next lookup, never while a caller still holds pointers into it.
  *	- Every lookup first accepts pending invalidations, and a miss reads the
  *	  latest committed state, so a revocation is seen by every validation
  *	  that starts after the revoking transaction commits, in every session,
@@ -441,8 +442,9 @@ scope_permissions(Datum scope)
 PG_FUNCTION_INFO_V1(apikeys_invalidate_cache);
 
 /*
- * Statement-level trigger on apikeys.keys and apikeys.scopes: every backend
- * drops its cached keys and scopes when this transaction commits.
+ * Row-level (and TRUNCATE) trigger on apikeys.keys and apikeys.scopes: every
+ * backend drops its cached keys and scopes when this transaction commits.
+ * Row-level so that logical replication's apply worker fires it too.
  */
 Datum
 apikeys_invalidate_cache(PG_FUNCTION_ARGS)
