@@ -267,3 +267,61 @@ ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_invalidate_cache;
 ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_invalidate_cache_truncate;
 ALTER TABLE apikeys.scopes ENABLE ALWAYS TRIGGER scopes_invalidate_cache;
 ALTER TABLE apikeys.scopes ENABLE ALWAYS TRIGGER scopes_invalidate_cache_truncate;
+
+------------------------------------------------------------------------------
+-- Edits to the shipped scopes survive pg_dump and pg_restore
+------------------------------------------------------------------------------
+
+-- The four shipped scopes, as the script installs them.
+CREATE FUNCTION apikeys._shipped_scopes()
+RETURNS TABLE (name text, permissions text[], description text)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+VALUES ('full', '{*}'::text[], 'Every permission'),
+	   ('verify', '{verify:*}', 'Every action on the verify resource'),
+	   ('lists', '{lists:*}', 'Every action on the lists resource'),
+	   ('read-only', '{*:read}', 'The read action on every resource')
+$$;
+COMMENT ON FUNCTION apikeys._shipped_scopes() IS
+	'Internal: the four scopes the extension ships, as installed';
+
+-- pg_restore runs CREATE EXTENSION (which installs the shipped scopes)
+-- before it copies the dumped rows, among them the shipped scopes an
+-- administrator edited.  Such a row replaces its shipped original instead
+-- of colliding with it: an INSERT of a shipped scope's name, while that
+-- scope is exactly as shipped, updates it.
+CREATE FUNCTION apikeys.scopes_restore_edit()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF EXISTS (SELECT FROM apikeys.scopes AS s
+				 JOIN apikeys._shipped_scopes() AS d ON d.name OPERATOR(pg_catalog.=) s.name
+				WHERE s.name OPERATOR(pg_catalog.=) NEW.name
+				  AND s.permissions OPERATOR(pg_catalog.=) d.permissions
+				  AND s.description OPERATOR(pg_catalog.=) d.description) THEN
+		UPDATE apikeys.scopes AS s
+		   SET permissions = NEW.permissions, description = NEW.description
+		 WHERE s.name OPERATOR(pg_catalog.=) NEW.name;
+		RETURN NULL;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION apikeys.scopes_restore_edit() IS
+	'Trigger function: an inserted row named like an unedited shipped scope replaces it (how pg_restore brings back edits)';
+
+CREATE TRIGGER scopes_restore_edit BEFORE INSERT ON apikeys.scopes
+	FOR EACH ROW EXECUTE FUNCTION apikeys.scopes_restore_edit();
+
+REVOKE ALL ON FUNCTION apikeys._shipped_scopes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.scopes_restore_edit() FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('apikeys.scopes',
+	$$WHERE (name, permissions, description) NOT IN (VALUES
+		('full', '{*}'::text[], 'Every permission'),
+		('verify', '{verify:*}', 'Every action on the verify resource'),
+		('lists', '{lists:*}', 'Every action on the lists resource'),
+		('read-only', '{*:read}', 'The read action on every resource'))$$);

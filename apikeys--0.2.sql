@@ -34,11 +34,22 @@ CREATE TABLE apikeys.scopes (
 COMMENT ON TABLE apikeys.scopes IS
 	'Named sets of permission patterns ("resource:action", "*" matching one whole segment, "*" alone matching everything) that a key can carry';
 
-INSERT INTO apikeys.scopes (name, permissions, description) VALUES
-	('full', '{*}', 'Every permission'),
-	('verify', '{verify:*}', 'Every action on the verify resource'),
-	('lists', '{lists:*}', 'Every action on the lists resource'),
-	('read-only', '{*:read}', 'The read action on every resource');
+-- The four shipped scopes, as the script installs them.
+CREATE FUNCTION apikeys._shipped_scopes()
+RETURNS TABLE (name text, permissions text[], description text)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+VALUES ('full', '{*}'::text[], 'Every permission'),
+	   ('verify', '{verify:*}', 'Every action on the verify resource'),
+	   ('lists', '{lists:*}', 'Every action on the lists resource'),
+	   ('read-only', '{*:read}', 'The read action on every resource')
+$$;
+COMMENT ON FUNCTION apikeys._shipped_scopes() IS
+	'Internal: the four scopes the extension ships, as installed';
+
+INSERT INTO apikeys.scopes (name, permissions, description)
+SELECT * FROM apikeys._shipped_scopes();
 
 CREATE TABLE apikeys.keys (
 	id				text PRIMARY KEY
@@ -138,6 +149,36 @@ CREATE TRIGGER scopes_in_use BEFORE DELETE OR UPDATE OF name ON apikeys.scopes
 CREATE TRIGGER scopes_in_use_truncate BEFORE TRUNCATE ON apikeys.scopes
 	FOR EACH STATEMENT EXECUTE FUNCTION apikeys.scopes_in_use();
 
+-- pg_restore runs CREATE EXTENSION (which installs the shipped scopes)
+-- before it copies the dumped rows, among them the shipped scopes an
+-- administrator edited.  Such a row replaces its shipped original instead
+-- of colliding with it: an INSERT of a shipped scope's name, while that
+-- scope is exactly as shipped, updates it.
+CREATE FUNCTION apikeys.scopes_restore_edit()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF EXISTS (SELECT FROM apikeys.scopes AS s
+				 JOIN apikeys._shipped_scopes() AS d ON d.name OPERATOR(pg_catalog.=) s.name
+				WHERE s.name OPERATOR(pg_catalog.=) NEW.name
+				  AND s.permissions OPERATOR(pg_catalog.=) d.permissions
+				  AND s.description OPERATOR(pg_catalog.=) d.description) THEN
+		UPDATE apikeys.scopes AS s
+		   SET permissions = NEW.permissions, description = NEW.description
+		 WHERE s.name OPERATOR(pg_catalog.=) NEW.name;
+		RETURN NULL;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION apikeys.scopes_restore_edit() IS
+	'Trigger function: an inserted row named like an unedited shipped scope replaces it (how pg_restore brings back edits)';
+
+CREATE TRIGGER scopes_restore_edit BEFORE INSERT ON apikeys.scopes
+	FOR EACH ROW EXECUTE FUNCTION apikeys.scopes_restore_edit();
+
 CREATE TABLE apikeys.audit (
 	event_id	bigserial PRIMARY KEY,
 	at			timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
@@ -205,9 +246,16 @@ ALTER TABLE apikeys.scopes ENABLE ALWAYS TRIGGER scopes_invalidate_cache;
 ALTER TABLE apikeys.scopes ENABLE ALWAYS TRIGGER scopes_invalidate_cache_truncate;
 
 -- pg_dump keeps user data of extension tables only when asked to.  Shipped
--- scopes are part of the script, so only scopes added later are dumped.
+-- scopes are part of the script, so scopes added later and edits to the
+-- shipped ones are dumped (the condition repeats _shipped_scopes() because
+-- pg_dump evaluates it with the dumping role's rights; 011_upgrade.pl and
+-- 007_dump_restore.pl check the two agree).
 SELECT pg_catalog.pg_extension_config_dump('apikeys.scopes',
-	$$WHERE name OPERATOR(pg_catalog.<>) ALL ('{full,verify,lists,read-only}')$$);
+	$$WHERE (name, permissions, description) NOT IN (VALUES
+		('full', '{*}'::text[], 'Every permission'),
+		('verify', '{verify:*}', 'Every action on the verify resource'),
+		('lists', '{lists:*}', 'Every action on the lists resource'),
+		('read-only', '{*:read}', 'The read action on every resource'))$$);
 SELECT pg_catalog.pg_extension_config_dump('apikeys.keys', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.audit', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.usage', '');

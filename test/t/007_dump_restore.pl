@@ -1,8 +1,8 @@
 # 007_dump_restore.pl -- pg_dump / pg_restore into a new database keeps
 # every key, revocation, rotation, scope, audit event and usage row, and the
 # restored database is a working apikeys database of its own (README,
-# "Backup and restore": keys, usage, audit events and added scopes are
-# dumped; the shipped scopes come back with CREATE EXTENSION).
+# "Backup and restore": keys, usage, audit events, added scopes and edits
+# to the shipped scopes are dumped).
 #
 # Source database 'src': keys of four owners (plain, IP lists and metadata,
 # read-only, a custom scope added by INSERT, expiring, expired and marked by
@@ -56,7 +56,11 @@ ok(defined wait_for_worker($node, $src, 10), 'the source database gets its worke
 sql($node, $src, q{
 	INSERT INTO apikeys.scopes (name, permissions, description) VALUES
 		('billing-admin', '{billing:*,lists:read}', 'Billing, and reading lists'),
-		('unused', '{reports:read}', NULL)});
+		('unused', '{reports:read}', NULL);
+	-- an edited shipped scope must come back edited (issue 12)
+	UPDATE apikeys.scopes SET permissions = '{*:read,audit:export}',
+	       description = 'Reading, and exporting audit'
+	 WHERE name = 'read-only'});
 
 my %k;    # label => { id, key }; plaintexts live here only
 sub mint
@@ -276,7 +280,8 @@ for my $i (2 .. 5)
 
 for my $db (@restored)
 {
-	is(sql($node, $db, "SELECT extversion FROM pg_extension WHERE extname = 'apikeys'"), '0.1',
+	is(sql($node, $db, "SELECT extversion FROM pg_extension WHERE extname = 'apikeys'"),
+		sql($node, $db, "SELECT default_version FROM pg_available_extensions WHERE name = 'apikeys'"),
 		"$db: the extension was created by the restore");
 	same_state($db, $src_state, '');
 	is(sql($node, $db, q{SELECT string_agg(name, ',' ORDER BY name) FROM apikeys.scopes
@@ -284,6 +289,8 @@ for my $db (@restored)
 		'full,lists,read-only,verify', "$db: the four shipped scopes, once each");
 	is(sql($node, $db, q{SELECT permissions::text || ' ' || description FROM apikeys.scopes WHERE name = 'billing-admin'}),
 		'{billing:*,lists:read} Billing, and reading lists', "$db: the added scope has its permissions");
+	is(sql($node, $db, q{SELECT permissions::text || ' ' || description FROM apikeys.scopes WHERE name = 'read-only'}),
+		'{*:read,audit:export} Reading, and exporting audit', "$db: the edited shipped scope comes back edited");
 	my $t0 = time;
 	ok(defined wait_for_worker($node, $db, 15),
 		sprintf('%s: gets its own worker (%.2fs)', $db, time - $t0));
