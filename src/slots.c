@@ -141,6 +141,22 @@ worker_request_start(Oid dbid)
 	wake_launcher();
 }
 
+void
+worker_ensure_running(Oid dbid)
+{
+	WorkerSlot *slot;
+	bool		missing;
+
+	if (slots_shared == NULL)
+		return;
+	LWLockAcquire(slots_shared->lock, LW_SHARED);
+	slot = slot_find(dbid, false);
+	missing = (slot == NULL || (slot->pid == 0 && slot->pausers == 0 && !slot->wanted));
+	LWLockRelease(slots_shared->lock);
+	if (missing)
+		worker_request_start(dbid);
+}
+
 /* Sets the latch of dbid's worker, if it runs (it then looks at its database). */
 void
 worker_wake(Oid dbid)
@@ -186,6 +202,7 @@ worker_wait_stopped(Oid dbid)
 {
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   PAUSE_WAIT_MS);
+	pid_t		signalled = 0;
 
 	for (;;)
 	{
@@ -199,7 +216,12 @@ worker_wait_stopped(Oid dbid)
 		LWLockRelease(slots_shared->lock);
 		if (pid == 0 || GetCurrentTimestamp() >= deadline)
 			break;
-		(void) kill(pid, SIGTERM);
+		/* once: a second SIGTERM would cut short the worker's last flush */
+		if (pid != signalled)
+		{
+			(void) kill(pid, SIGTERM);
+			signalled = pid;
+		}
 		pg_usleep(10000L);
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -244,7 +266,11 @@ apikeys_flush_usage(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	}
 	target = ++slot->flush_requested;
+	/* no worker (say, CREATE EXTENSION committed by COMMIT PREPARED): ask for one */
+	if (slot->pid == 0 && slot->pausers == 0)
+		slot->wanted = true;
 	LWLockRelease(slots_shared->lock);
+	wake_launcher();
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), FLUSH_WAIT_MS);
 	ConditionVariablePrepareToSleep(&slots_shared->flushed);

@@ -61,6 +61,8 @@ extern void apikeys_wake_workers(void);
 
 /* What DDL asks of the workers (ddl.c); all do nothing when not preloaded. */
 extern void worker_request_start(Oid dbid);
+/* Asks for dbid's worker if none runs and none is paused (counts appeared). */
+extern void worker_ensure_running(Oid dbid);
 extern void worker_wake(Oid dbid);
 extern bool worker_pause(Oid dbid);
 extern void worker_wait_stopped(Oid dbid);

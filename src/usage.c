@@ -30,11 +30,11 @@
  * remove drained entries of past days as they go.
  *
  * A key validated in the transaction that created it is not yet visible to
- * the flush.  Its entry records that transaction (creator_xid) and keeps
- * its counts while the transaction may still commit; once it has
- * committed, the next flush finds the key; if it aborted, the counts are
- * void and the entry is removed.  A transaction that would have to wait
- * for room held by its own uncommitted keys gets an error instead.
+ * a flush.  Its counts stay in the backend (pending_add) until that
+ * transaction ends: at commit (or PREPARE) they enter the table marked with
+ * the transaction (creator_xid), which keeps them while it may still
+ * commit; at abort they are void.  So an open transaction never holds room
+ * in the table.
  *
  * Exactly once: a flush marks each entry with its transaction id and the
  * amounts it is writing; after commit it subtracts them and clears the mark.
@@ -66,6 +66,8 @@
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "apikeys.h"
@@ -78,8 +80,6 @@
 #define PRESSURE_USECS			(5 * USECS_PER_SEC)
 /* How long a backend waits for room before checking the table again. */
 #define ROOM_WAIT_MS			1000
-/* Flushes a backend waits through before blaming its own open transaction. */
-#define OWN_ENTRIES_FLUSHES		2
 
 UsageShared *usage_shared = NULL;
 HTAB	   *usage_hash = NULL;
@@ -104,7 +104,6 @@ usage_shmem_startup(void)
 		usage_shared->lock = apikeys_lock(APIKEYS_LOCK_USAGE);
 		ConditionVariableInit(&usage_shared->room);
 		pg_atomic_init_u64(&usage_shared->last_wait, 0);
-		pg_atomic_init_u64(&usage_shared->settled, 0);
 	}
 
 	info.keysize = sizeof(UsageKey);
@@ -159,18 +158,16 @@ entry_remove(UsageEntry *entry)
 /*
  * Makes room for new entries (exclusive lock held): removes drained entries,
  * every one of a past day and today's until a batch of max_tracked_keys / 16
- * is free.  Returns how many entries were removed; *own counts the entries
- * that hold counts of keys created by the current, still open, transaction.
+ * is free.  Returns how many entries were removed.
  */
 static int
-evict_drained(DateADT today, int *own)
+evict_drained(DateADT today)
 {
 	HASH_SEQ_STATUS seq;
 	UsageEntry *entry;
 	int			batch = Max(1, apikeys_max_tracked_keys / 16);
 	int			removed = 0;
 
-	*own = 0;
 	hash_seq_init(&seq, usage_hash);
 	while ((entry = hash_seq_search(&seq)) != NULL)
 	{
@@ -179,9 +176,6 @@ evict_drained(DateADT today, int *own)
 			entry_remove(entry);
 			removed++;
 		}
-		else if (TransactionIdIsValid(entry->creator_xid) &&
-				 TransactionIdIsCurrentTransactionId(entry->creator_xid))
-			(*own)++;
 	}
 	return removed;
 }
@@ -212,21 +206,175 @@ entry_settle_leftover(UsageEntry *entry, TransactionId current)
 	return true;
 }
 
-/* Adds one call to entry (any lock mode). */
+/* Adds calls and rejected, with last valid use last_used (0: none), to entry (any lock mode). */
 static void
-entry_bump(UsageEntry *entry, bool valid, TimestampTz now)
+entry_add(UsageEntry *entry, uint64 calls, uint64 rejected, TimestampTz last_used)
 {
-	if (valid)
+	if (calls > 0)
+		pg_atomic_fetch_add_u64(&entry->calls, calls);
+	if (rejected > 0)
+		pg_atomic_fetch_add_u64(&entry->rejected, rejected);
+	if (last_used != 0)
 	{
 		uint64		seen = pg_atomic_read_u64(&entry->last_used);
 
-		pg_atomic_fetch_add_u64(&entry->calls, 1);
-		while (seen < (uint64) now &&
-			   !pg_atomic_compare_exchange_u64(&entry->last_used, &seen, (uint64) now))
+		while (seen < (uint64) last_used &&
+			   !pg_atomic_compare_exchange_u64(&entry->last_used, &seen, (uint64) last_used))
 			;
 	}
+}
+
+/*
+ * Adds the counts to the shared entry of key, creating it (creator_xid =
+ * creator) if needed.  When the table is full, evicts drained entries;
+ * when none is drained, wakes the workers and waits for a flush to drain
+ * some.  Never drops the count.
+ */
+static void
+shared_add(const UsageKey *key, uint64 calls, uint64 rejected,
+		   TimestampTz last_used, TransactionId creator)
+{
+	UsageEntry *entry;
+	bool		waited = false;
+	bool		created = false;
+
+	/* the common case: the entry exists */
+	LWLockAcquire(usage_shared->lock, LW_SHARED);
+	entry = hash_search(usage_hash, key, HASH_FIND, NULL);
+	if (entry)
+	{
+		entry_add(entry, calls, rejected, last_used);
+		LWLockRelease(usage_shared->lock);
+		return;
+	}
+	LWLockRelease(usage_shared->lock);
+
+	for (;;)
+	{
+		bool		found;
+
+		LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
+		entry = hash_search(usage_hash, key, HASH_FIND, NULL);
+		if (entry == NULL &&
+			(hash_get_num_entries(usage_hash) < apikeys_max_tracked_keys ||
+			 evict_drained(key->day) > 0))
+		{
+			entry = hash_search(usage_hash, key, HASH_ENTER, &found);
+			usage_entry_init(entry);
+			entry->creator_xid = creator;
+			created = true;
+		}
+		if (entry)
+		{
+			entry_add(entry, calls, rejected, last_used);
+			LWLockRelease(usage_shared->lock);
+			break;
+		}
+		LWLockRelease(usage_shared->lock);
+
+		/* every entry holds unflushed counts: have the workers flush, and wait */
+		if (!waited)
+		{
+			ConditionVariablePrepareToSleep(&usage_shared->room);
+			waited = true;
+		}
+		pg_atomic_write_u64(&usage_shared->last_wait, (uint64) GetCurrentTimestamp());
+		apikeys_wake_workers();
+		(void) ConditionVariableTimedSleep(&usage_shared->room, ROOM_WAIT_MS, PG_WAIT_EXTENSION);
+	}
+	if (waited)
+		ConditionVariableCancelSleep();
+
+	/* a database whose counts nobody flushes gets its worker (say, after 2PC) */
+	if (created)
+		worker_ensure_running(key->dbid);
+}
+
+/*
+ * Counts of keys created by the current transaction, kept in this backend
+ * until it ends: no flush could write them before it commits, so in shared
+ * memory they would only hold room that other databases need.
+ */
+typedef struct PendingCount
+{
+	UsageKey	key;			/* hash key */
+	uint64		calls;
+	uint64		rejected;
+	TimestampTz last_used;
+} PendingCount;
+
+static HTAB *pending = NULL;
+static bool pending_callback_registered = false;
+
+/*
+ * At commit (or PREPARE), the counts go to shared memory, marked with this
+ * transaction: they are kept while it may still commit, and flushed once it
+ * has (usage_settle).  At abort they are void, as the keys are.
+ */
+static void
+pending_xact_callback(XactEvent event, void *arg)
+{
+	HASH_SEQ_STATUS seq;
+	PendingCount *pc;
+
+	if (pending == NULL || hash_get_num_entries(pending) == 0)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			hash_seq_init(&seq, pending);
+			while ((pc = hash_seq_search(&seq)) != NULL)
+				shared_add(&pc->key, pc->calls, pc->rejected, pc->last_used,
+						   GetTopTransactionId());
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			hash_destroy(pending);
+			pending = NULL;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Adds one call of a key the current transaction created to the pending counts. */
+static void
+pending_add(const UsageKey *key, bool valid, TimestampTz now)
+{
+	PendingCount *pc;
+	bool		found;
+
+	if (!pending_callback_registered)
+	{
+		RegisterXactCallback(pending_xact_callback, NULL);
+		pending_callback_registered = true;
+	}
+	if (pending == NULL)
+	{
+		HASHCTL		info;
+
+		info.keysize = sizeof(UsageKey);
+		info.entrysize = sizeof(PendingCount);
+		info.hcxt = TopTransactionContext;
+		pending = hash_create("apikeys pending counts", 16, &info,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	pc = hash_search(pending, key, HASH_ENTER, &found);
+	if (!found)
+	{
+		pc->calls = pc->rejected = 0;
+		pc->last_used = 0;
+	}
+	if (valid)
+	{
+		pc->calls++;
+		pc->last_used = Max(pc->last_used, now);
+	}
 	else
-		pg_atomic_fetch_add_u64(&entry->rejected, 1);
+		pc->rejected++;
 }
 
 void
@@ -234,10 +382,7 @@ usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now,
 			TransactionId creator)
 {
 	UsageKey	key;
-	UsageEntry *entry;
 	text	   *id = DatumGetTextPP(key_id);
-	bool		waited = false;
-	uint64		settled_at_wait = 0;
 
 	if (usage_shared == NULL || RecoveryInProgress() ||
 		VARSIZE_ANY_EXHDR(id) != APIKEY_ID_LEN)
@@ -249,70 +394,11 @@ usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now,
 	key.day = (DateADT) (now / USECS_PER_DAY);
 	memcpy(key.key_id, VARDATA_ANY(id), APIKEY_ID_LEN);
 
-	/* the common case: the entry exists */
-	LWLockAcquire(usage_shared->lock, LW_SHARED);
-	entry = hash_search(usage_hash, &key, HASH_FIND, NULL);
-	if (entry)
-	{
-		entry_bump(entry, valid, now);
-		LWLockRelease(usage_shared->lock);
-		return;
-	}
-	LWLockRelease(usage_shared->lock);
-
-	for (;;)
-	{
-		bool		found;
-		int			own = 0;
-
-		LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
-		entry = hash_search(usage_hash, &key, HASH_FIND, NULL);
-		if (entry == NULL &&
-			(hash_get_num_entries(usage_hash) < apikeys_max_tracked_keys ||
-			 evict_drained(key.day, &own) > 0))
-		{
-			entry = hash_search(usage_hash, &key, HASH_ENTER, &found);
-			usage_entry_init(entry);
-			entry->creator_xid = creator;
-		}
-		if (entry)
-		{
-			entry_bump(entry, valid, now);
-			LWLockRelease(usage_shared->lock);
-			break;
-		}
-		LWLockRelease(usage_shared->lock);
-
-		/*
-		 * Every entry holds unflushed counts.  If some are this
-		 * transaction's own uncommitted keys and flushes have come and gone
-		 * without making room, only our commit could: wait no longer.
-		 */
-		if (waited && own > 0 &&
-			pg_atomic_read_u64(&usage_shared->settled) - settled_at_wait >= OWN_ENTRIES_FLUSHES)
-		{
-			ConditionVariableCancelSleep();
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("apikeys usage counter table is full of keys created by this transaction"),
-					 errdetail("%d of its %d entries count keys this transaction created and has not committed.",
-							   own, apikeys_max_tracked_keys),
-					 errhint("Commit before validating more new keys, or raise apikeys.max_tracked_keys.")));
-		}
-
-		/* full: have the workers flush, and wait for room */
-		if (!waited)
-		{
-			ConditionVariablePrepareToSleep(&usage_shared->room);
-			settled_at_wait = pg_atomic_read_u64(&usage_shared->settled);
-			waited = true;
-		}
-		pg_atomic_write_u64(&usage_shared->last_wait, (uint64) GetCurrentTimestamp());
-		apikeys_wake_workers();
-		(void) ConditionVariableTimedSleep(&usage_shared->room, ROOM_WAIT_MS, PG_WAIT_EXTENSION);
-	}
-	if (waited)
-		ConditionVariableCancelSleep();
+	if (TransactionIdIsValid(creator))
+		pending_add(&key, valid, now);
+	else
+		shared_add(&key, valid ? 1 : 0, valid ? 0 : 1, valid ? now : 0,
+				   InvalidTransactionId);
 }
 
 bool
@@ -474,7 +560,6 @@ usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *delt
 	LWLockRelease(usage_shared->lock);
 
 	/* entries were drained or removed: waiting backends can evict them now */
-	pg_atomic_fetch_add_u64(&usage_shared->settled, 1);
 	ConditionVariableBroadcast(&usage_shared->room);
 }
 
@@ -499,6 +584,58 @@ usage_forget(Oid dbid, Oid keys_relid)
 	LWLockRelease(usage_shared->lock);
 	if (removed)
 		ConditionVariableBroadcast(&usage_shared->room);
+}
+
+void
+usage_forget_orphans(Oid dbid)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	Oid		   *relids;
+	int			nrel = 0;
+	int			ngone = 0;
+
+	/* the keys tables this database's counters name */
+	LWLockAcquire(usage_shared->lock, LW_SHARED);
+	relids = palloc(sizeof(Oid) * Max(hash_get_num_entries(usage_hash), 1));
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		bool		seen = false;
+
+		if (entry->key.dbid != dbid)
+			continue;
+		for (int i = 0; i < nrel && !seen; i++)
+			seen = (relids[i] == entry->key.keys_relid);
+		if (!seen)
+			relids[nrel++] = entry->key.keys_relid;
+	}
+	LWLockRelease(usage_shared->lock);
+
+	/* keep those that still exist: relids[0 .. ngone) are the gone ones */
+	for (int i = 0; i < nrel; i++)
+		if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relids[i])))
+			relids[ngone++] = relids[i];
+	if (ngone == 0)
+		return;
+
+	LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		bool		gone = false;
+
+		if (entry->key.dbid != dbid ||
+			(TransactionIdIsValid(entry->creator_xid) &&
+			 TransactionIdIsInProgress(entry->creator_xid)))
+			continue;
+		for (int i = 0; i < ngone && !gone; i++)
+			gone = (relids[i] == entry->key.keys_relid);
+		if (gone)
+			entry_remove(entry);
+	}
+	LWLockRelease(usage_shared->lock);
+	ConditionVariableBroadcast(&usage_shared->room);
 }
 
 Oid *

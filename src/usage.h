@@ -28,9 +28,10 @@ extern void usage_shmem_startup(void);
  * Counts one validation of key_id (a text datum of the key's public id) in
  * this database.  valid says whether it passed; now is the validation time;
  * creator is the key's creating transaction if this transaction is it (the
- * key is not yet visible to a flush), else InvalidTransactionId.  When the
- * table is full it evicts flushed entries, and waits for a flush only when
- * every entry holds unflushed counts; a count is never dropped.
+ * key is not yet visible to a flush: the count waits in this backend until
+ * the transaction ends), else InvalidTransactionId.  When the table is full
+ * it evicts flushed entries, and waits for a flush only when every entry
+ * holds unflushed counts; a count is never dropped.
  */
 extern void usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now,
 						TransactionId creator);
@@ -56,6 +57,13 @@ extern void usage_settle(Oid dbid, Oid keys_relid, TransactionId xid,
 
 /* Removes the counters of a dropped database, or of one dropped keys table. */
 extern void usage_forget(Oid dbid, Oid keys_relid);
+
+/*
+ * Removes the counters of dbid whose keys table no longer exists (in a
+ * transaction, in database dbid): the extension was dropped while no
+ * worker ran.  Entries of a transaction still in progress are kept.
+ */
+extern void usage_forget_orphans(Oid dbid);
 
 /* The databases that have counters, palloc'd, *n of them. */
 extern Oid *usage_databases(int *n);

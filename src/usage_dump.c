@@ -22,7 +22,7 @@
 
 #define USAGE_DUMP_FILE		PGSTAT_STAT_PERMANENT_DIRECTORY "/apikeys_usage.stat"
 #define USAGE_DUMP_MAGIC	0x41504b55	/* "APKU" */
-#define USAGE_DUMP_VERSION	2
+#define USAGE_DUMP_VERSION	3	/* 3 adds creator_xid; 2 (0.1) is still read */
 
 /* On-disk form of one entry in the shutdown dump. */
 typedef struct UsageDumpEntry
@@ -35,7 +35,23 @@ typedef struct UsageDumpEntry
 	TransactionId flush_xid;
 	uint32		flushing_calls;
 	uint32		flushing_rejected;
+	TransactionId creator_xid;	/* version 3: a prepared transaction's keys */
 } UsageDumpEntry;
+
+/* An entry of version 2 (apikeys 0.1): the same fields but the last. */
+typedef struct UsageDumpEntryV2
+{
+	UsageKey	key;
+	uint64		calls;
+	uint64		rejected;
+	TimestampTz last_used;
+	TimestampTz flushed_last_used;
+	TransactionId flush_xid;
+	uint32		flushing_calls;
+	uint32		flushing_rejected;
+} UsageDumpEntryV2;
+
+#define USAGE_DUMP_ENTRY_V2	sizeof(UsageDumpEntryV2)
 
 static void usage_shmem_shutdown(int code, Datum arg);
 static void usage_load(void);
@@ -86,6 +102,7 @@ usage_shmem_shutdown(int code, Datum arg)
 		out.flush_xid = entry->flush_xid;
 		out.flushing_calls = entry->flushing_calls;
 		out.flushing_rejected = entry->flushing_rejected;
+		out.creator_xid = entry->creator_xid;
 		if (fwrite(&out, sizeof(out), 1, file) != 1)
 		{
 			hash_seq_term(&seq);
@@ -128,7 +145,8 @@ usage_load(void)
 	}
 
 	if (fread(header, sizeof(header), 1, file) != 1 ||
-		header[0] != USAGE_DUMP_MAGIC || header[1] != USAGE_DUMP_VERSION ||
+		header[0] != USAGE_DUMP_MAGIC ||
+		(header[1] != USAGE_DUMP_VERSION && header[1] != 2) ||
 		fread(&count, sizeof(count), 1, file) != 1 || count < 0)
 	{
 		ereport(LOG,
@@ -143,7 +161,8 @@ usage_load(void)
 		UsageEntry *entry;
 		bool		found;
 
-		if (fread(&in, sizeof(in), 1, file) != 1)
+		memset(&in, 0, sizeof(in));
+		if (fread(&in, header[1] == 2 ? USAGE_DUMP_ENTRY_V2 : sizeof(in), 1, file) != 1)
 		{
 			ereport(LOG,
 					(errcode(ERRCODE_DATA_CORRUPTED),
@@ -164,6 +183,7 @@ usage_load(void)
 		entry->flush_xid = in.flush_xid;
 		entry->flushing_calls = in.flushing_calls;
 		entry->flushing_rejected = in.flushing_rejected;
+		entry->creator_xid = in.creator_xid;
 	}
 	if (lost > 0)
 		ereport(WARNING,

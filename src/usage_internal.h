@@ -42,7 +42,6 @@ typedef struct UsageShared
 	LWLock	   *lock;
 	ConditionVariable room;		/* broadcast when entries are removed */
 	pg_atomic_uint64 last_wait; /* when a backend last waited for room */
-	pg_atomic_uint64 settled;	/* flushes settled so far, by any worker */
 } UsageShared;
 
 extern UsageShared *usage_shared;

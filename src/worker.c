@@ -23,6 +23,7 @@
 #include <signal.h>
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -30,10 +31,12 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "replication/message.h"
 #include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "storage/procsignal.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -49,8 +52,13 @@
 #include "worker.h"
 
 #define RETENTION_EVERY_USECS	(USECS_PER_DAY)
+/* How long the flush a leaving worker makes may wait for a lock. */
+#define FINAL_FLUSH_LOCK_TIMEOUT	"1s"
 
 static WorkerSlot *my_slot = NULL;
+
+/* True while a pass runs: SIGTERM then interrupts it (see worker_sigterm). */
+static volatile sig_atomic_t in_pass = false;
 static Oid	my_keys_relid = InvalidOid;
 static bool extension_gone = false;
 
@@ -71,6 +79,27 @@ typedef struct FlushState
 /* Lives for one loop iteration: what a flush must keep past its transaction. */
 static MemoryContext loop_cxt = NULL;
 
+/*
+ * SIGTERM: between passes, ask the loop to finish (it flushes once more and
+ * leaves); during a pass, also end the pass at its next interrupt check,
+ * as PostgreSQL's die() does, so that a pass waiting on a lock cannot hold
+ * up a shutdown or DDL that needs the worker gone.
+ */
+static void
+worker_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	ShutdownRequestPending = true;
+	if (in_pass)
+	{
+		ProcDiePending = true;
+		InterruptPending = true;
+	}
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
 static void
 worker_detach(int code, Datum arg)
 {
@@ -81,6 +110,17 @@ worker_detach(int code, Datum arg)
 	ConditionVariableBroadcast(&slots_shared->flushed);
 	/* a launcher that did not start this worker is not told by the postmaster */
 	wake_launcher();
+}
+
+/* Writes a WAL record that carries the current transaction's id; returns its end. */
+static XLogRecPtr
+log_flush_xid(void)
+{
+#if PG_VERSION_NUM >= 170000
+	return LogLogicalMessage("apikeys", "", 0, true, false);
+#else
+	return LogLogicalMessage("apikeys", "", 0, true);
+#endif
 }
 
 /* Adds the counters to apikeys.usage and last_used_at (SPI connected). */
@@ -107,10 +147,16 @@ flush_body(void *arg)
 		return;
 
 	/*
-	 * The counters record this transaction's id until the flush is settled.
+	 * The counters record this transaction's id until the flush is settled,
+	 * and an unsettled mark survives a restart (usage_dump.c).  The id must
+	 * then never be given to another transaction: a WAL record carrying it,
+	 * flushed before any counter is marked, makes recovery move the next
+	 * xid past it, whenever the server stops.  (A transactional logical
+	 * message is the cheapest such record; decoders see prefix "apikeys".)
 	 * What usage_settle reads after commit must outlive SPI's context.
 	 */
 	fs->xid = GetTopTransactionId();
+	XLogFlush(log_flush_xid());
 	spi_cxt = MemoryContextSwitchTo(loop_cxt);
 	fs->deltas = usage_collect(MyDatabaseId, my_keys_relid, fs->xid, &fs->n);
 	fs->matched = palloc0(sizeof(bool) * Max(fs->n, 1));
@@ -273,13 +319,18 @@ run_pass(const char *name, void (*body) (void *), void *arg)
 
 	PG_TRY();
 	{
+		in_pass = true;
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, name);
 
 		if (!OidIsValid(get_extension_oid("apikeys", true)))
+		{
+			/* also counters of an extension dropped while no worker ran */
 			extension_gone = true;
+			usage_forget_orphans(MyDatabaseId);
+		}
 		else
 		{
 			my_keys_relid = apikeys_keys_relid();
@@ -307,6 +358,7 @@ run_pass(const char *name, void (*body) (void *), void *arg)
 	}
 	PG_END_TRY();
 
+	in_pass = false;
 	MemoryContextSwitchTo(cxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return committed;
@@ -345,7 +397,7 @@ apikeys_worker_main(Datum arg)
 	bool		paused;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGTERM, worker_sigterm);
 	BackgroundWorkerUnblockSignals();
 	/* ALTER DATABASE ... ALLOW_CONNECTIONS false does not stop the bookkeeping */
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, BGWORKER_BYPASS_ALLOWCONN);
@@ -428,9 +480,24 @@ apikeys_worker_main(Datum arg)
 		/*
 		 * A cancel (pg_cancel_backend) aborts the pass it interrupts, inside
 		 * run_pass; one that arrives between passes has nothing to cancel.
-		 * Raising it here, outside any PG_TRY, would end the worker.
+		 * Raising it here, outside any PG_TRY, would end the worker.  But a
+		 * ProcSignalBarrier (DROP DATABASE, SET TABLESPACE wait for every
+		 * process to absorb one) is absorbed at once, not at the next pass.
 		 */
 		QueryCancelPending = false;
+		if (ProcSignalBarrierPending)
+			ProcessProcSignalBarrier();
+	}
+
+	/*
+	 * Asked to leave (shutdown, DDL pause, pg_terminate_backend): flush once
+	 * more, so that this database's counts do not wait for the next worker,
+	 * without waiting long for a lock (a second SIGTERM also ends it).
+	 */
+	if (ShutdownRequestPending && !extension_gone)
+	{
+		SetConfigOption("lock_timeout", FINAL_FLUSH_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
+		flush();
 	}
 
 	if (extension_gone)
