@@ -3,9 +3,10 @@
 # and install the extension.
 #
 # Idempotent. Installs only what is missing (PostgreSQL 15 server, its PGXS dev
-# files, IPC::Run for the TAP tests, a compiler), running `apt-get update` at
-# most once and only when something has to be installed. Works as root, or as a
-# user with passwordless sudo. apt and make output is shown only on failure.
+# files, IPC::Run for the TAP tests, libfaketime for the TAP test that crosses
+# midnight, a compiler), running `apt-get update` at most once and only when
+# something has to be installed. Works as root, or as a user with passwordless
+# sudo. apt and make output is shown only on failure.
 #
 # Environment:
 #   PG_CONFIG   pg_config to build against (default: PostgreSQL 15's)
@@ -52,7 +53,7 @@ is_installed() {
 # missing_packages -- print the packages this project needs that are absent.
 missing_packages() {
 	local pkg
-	for pkg in postgresql-15 postgresql-server-dev-15 libipc-run-perl libio-pty-perl perl clang libclang-rt-14-dev; do
+	for pkg in postgresql-15 postgresql-server-dev-15 libipc-run-perl libio-pty-perl perl clang libclang-rt-14-dev faketime; do
 		is_installed "$pkg" || echo "$pkg"
 	done
 	if ! command -v gcc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
