@@ -325,3 +325,28 @@ SELECT pg_catalog.pg_extension_config_dump('apikeys.scopes',
 		('verify', '{verify:*}', 'Every action on the verify resource'),
 		('lists', '{lists:*}', 'Every action on the lists resource'),
 		('read-only', '{*:read}', 'The read action on every resource'))$$);
+
+------------------------------------------------------------------------------
+-- _lock_key checks the owner before it locks: another owner's key is never
+-- locked (a lock wait would tell a prober that the id exists)
+------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION apikeys._lock_key(id text, owner text)
+RETURNS apikeys.keys
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k apikeys.keys;
+BEGIN
+	-- another owner's key is never locked: no waiting on it tells its id exists
+	SELECT * INTO k FROM apikeys.keys AS t
+	 WHERE t.id OPERATOR(pg_catalog.=) _lock_key.id
+	   AND (_lock_key.owner IS NULL OR t.owner OPERATOR(pg_catalog.=) _lock_key.owner)
+	   FOR NO KEY UPDATE;
+	IF NOT FOUND THEN
+		PERFORM apikeys._no_such_key(_lock_key.id);
+	END IF;
+	RETURN k;
+END
+$$;

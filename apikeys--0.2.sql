@@ -386,11 +386,12 @@ AS $$
 DECLARE
 	k apikeys.keys;
 BEGIN
+	-- another owner's key is never locked: no waiting on it tells its id exists
 	SELECT * INTO k FROM apikeys.keys AS t
 	 WHERE t.id OPERATOR(pg_catalog.=) _lock_key.id
+	   AND (_lock_key.owner IS NULL OR t.owner OPERATOR(pg_catalog.=) _lock_key.owner)
 	   FOR NO KEY UPDATE;
-	IF NOT FOUND OR (_lock_key.owner IS NOT NULL AND
-					  k.owner OPERATOR(pg_catalog.<>) _lock_key.owner) THEN
+	IF NOT FOUND THEN
 		PERFORM apikeys._no_such_key(_lock_key.id);
 	END IF;
 	RETURN k;
