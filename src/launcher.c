@@ -126,6 +126,7 @@ launcher_scan(HTAB *known, TimestampTz *next_wakeup)
 	bool		no_room = false;
 	Oid		   *counted;
 	int			ncounted;
+	bool		pressure = usage_pressure();
 
 	/*
 	 * Which databases have counters, read before the catalog snapshot: a
@@ -208,8 +209,12 @@ launcher_scan(HTAB *known, TimestampTz *next_wakeup)
 		if (!form->datallowconn && !wanted && !has_counts &&
 			db->verdict != VERDICT_EXTENSION)
 			continue;
-		/* a fresh CREATE EXTENSION starts at once; other starts are spaced out */
-		if (wanted || now >= db->next_start)
+		/*
+		 * A fresh CREATE EXTENSION starts at once, and so does a database
+		 * with counts while validations wait for room; other starts are
+		 * spaced out.
+		 */
+		if (wanted || now >= db->next_start || (has_counts && pressure))
 			no_room = !start_worker(db, NameStr(form->datname));
 		else if (*next_wakeup == 0 || db->next_start < *next_wakeup)
 			*next_wakeup = db->next_start;

@@ -122,6 +122,8 @@ apikeys_wake_workers(void)
 	for (int i = 0; i < slots_shared->nslots; i++)
 		if (slots_shared->slots[i].latch)
 			SetLatch(slots_shared->slots[i].latch);
+	if (slots_shared->launcher_latch)
+		SetLatch(slots_shared->launcher_latch);
 	LWLockRelease(slots_shared->lock);
 }
 

@@ -56,7 +56,8 @@ extern void slot_release_if_idle(WorkerSlot *slot);
 /* Sets the launcher's latch (it then looks at pg_database and the slots). */
 extern void wake_launcher(void);
 
-/* Sets the latch of every running worker (the counter table is full). */
+/* Sets the latch of every running worker and of the launcher (the counter
+ * table is full: flush, and start a stopped database's worker at once). */
 extern void apikeys_wake_workers(void);
 
 /* What DDL asks of the workers (ddl.c); all do nothing when not preloaded. */
