@@ -350,3 +350,157 @@ BEGIN
 	RETURN k;
 END
 $$;
+
+------------------------------------------------------------------------------
+-- HTTP hardening: the minting functions check their own permission, a key
+-- mints only keys within its own limits (permissions, networks, expiry),
+-- and a malformed network is refused without echoing it
+------------------------------------------------------------------------------
+
+CREATE FUNCTION apikeys._auth_has_permission(permission text) RETURNS boolean
+LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'apikeys_auth_has_permission';
+COMMENT ON FUNCTION apikeys._auth_has_permission(text) IS
+	'Internal: true if the transaction is authenticated and its key''s scope grants permission';
+
+-- The networks of a JSON array of strings, as cidr[]; 22023 for anything
+-- else, naming the position, never the value (it may be a key sent by
+-- mistake, and a message reaches the client and the log).
+CREATE FUNCTION apikeys._json_networks(field text, networks jsonb) RETURNS cidr[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	result cidr[] := '{}';
+	elem jsonb;
+	i integer := 0;
+BEGIN
+	IF networks IS NULL OR networks OPERATOR(pg_catalog.=) 'null'::jsonb THEN
+		RETURN result;
+	END IF;
+	IF pg_catalog.jsonb_typeof(networks) OPERATOR(pg_catalog.<>) 'array' THEN
+		RAISE EXCEPTION '% must be an array of networks', field
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR elem IN SELECT e FROM pg_catalog.jsonb_array_elements(networks) AS e LOOP
+		i := i OPERATOR(pg_catalog.+) 1;
+		BEGIN
+			IF pg_catalog.jsonb_typeof(elem) OPERATOR(pg_catalog.<>) 'string' THEN
+				RAISE invalid_text_representation;
+			END IF;
+			result := pg_catalog.array_append(result, (elem OPERATOR(pg_catalog.#>>) '{}')::cidr);
+		EXCEPTION WHEN invalid_text_representation OR invalid_binary_representation
+					   OR invalid_parameter_value OR data_exception THEN
+			RAISE EXCEPTION '%[%] is not a network address', field, i
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'A network is written like 203.0.113.0/24 or 2001:db8::/32; the value is not shown.';
+		END;
+	END LOOP;
+	RETURN result;
+END
+$$;
+COMMENT ON FUNCTION apikeys._json_networks(text, jsonb) IS
+	'Internal: a JSON array of network strings as cidr[]; 22023 naming the position, never the value';
+
+REVOKE ALL ON FUNCTION apikeys._auth_has_permission(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys._json_networks(text, jsonb) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION apikeys_api.create_key(jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	body jsonb := COALESCE($1, '{}');
+	caller text := apikeys._require_auth_owner();
+	caller_scope text := apikeys._auth_scope();
+	minter apikeys.keys;
+	wanted_scope text;
+	extra text;
+	ips cidr[];
+	days integer;
+	k apikeys.new_key;
+BEGIN
+	-- this function checks its own permission, whatever route reached it
+	IF NOT apikeys._auth_has_permission('api-keys:write') THEN
+		RAISE EXCEPTION 'api key lacks permission "api-keys:write"'
+			USING ERRCODE = 'PT403', DETAIL = pg_catalog.format('Its scope "%s" does not grant it.', caller_scope);
+	END IF;
+	IF pg_catalog.jsonb_typeof(body) OPERATOR(pg_catalog.<>) 'object' THEN
+		RAISE EXCEPTION 'request body must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- field names are shown only when they look like field names, never a key
+	SELECT pg_catalog.string_agg(CASE WHEN f OPERATOR(pg_catalog.~) '^[A-Za-z_]{1,32}$' THEN f ELSE '(not shown)' END,
+								 ', ' ORDER BY f) INTO extra
+	  FROM pg_catalog.jsonb_object_keys(body) AS f
+	 WHERE f OPERATOR(pg_catalog.<>) ALL ('{name,scope,ipRestrictions,expiresInDays,prefix,metadata}');
+	IF extra IS NOT NULL THEN
+		RAISE EXCEPTION 'unknown field in request body: %', extra
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The fields are name, scope, ipRestrictions, expiresInDays, prefix and metadata.';
+	END IF;
+	IF pg_catalog.jsonb_typeof(body OPERATOR(pg_catalog.->) 'expiresInDays')
+	   OPERATOR(pg_catalog.<>) ALL ('{number,null}') THEN
+		RAISE EXCEPTION 'expiresInDays must be a number of days' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	wanted_scope := COALESCE(body OPERATOR(pg_catalog.->>) 'scope', 'full');
+	-- a key can only mint keys whose every permission its own scope grants
+	IF NOT COALESCE(apikeys._scope_covers(caller_scope, wanted_scope), true) THEN
+		RAISE EXCEPTION 'scope "%" grants more than this key''s scope "%"', wanted_scope, caller_scope
+			USING ERRCODE = 'PT403';
+	END IF;
+	ips := apikeys._json_networks('ipRestrictions', body OPERATOR(pg_catalog.->) 'ipRestrictions');
+	days := (body OPERATOR(pg_catalog.->>) 'expiresInDays')::integer;
+
+	-- a key mints only keys within its own limits: every network inside one
+	-- of its own (unless it has none), and no later expiry (unless it never
+	-- expires)
+	SELECT * INTO minter FROM apikeys.keys AS m
+	 WHERE m.id OPERATOR(pg_catalog.=) apikeys._auth_key_id();
+	IF pg_catalog.cardinality(minter.ip_restrictions) OPERATOR(pg_catalog.>) 0 AND
+	   (pg_catalog.cardinality(ips) OPERATOR(pg_catalog.=) 0 OR
+		EXISTS (SELECT FROM pg_catalog.unnest(ips) AS n
+				 WHERE NOT EXISTS (SELECT FROM pg_catalog.unnest(minter.ip_restrictions) AS c
+									WHERE n OPERATOR(pg_catalog.<<=) c))) THEN
+		RAISE EXCEPTION 'ipRestrictions must lie within this key''s: %',
+			pg_catalog.array_to_string(minter.ip_restrictions, ', ')
+			USING ERRCODE = 'PT403',
+				  HINT = 'Give every network of the new key inside one of these.';
+	END IF;
+
+	k := apikeys.apikey_create(caller, body OPERATOR(pg_catalog.->>) 'name', wanted_scope, ips, days,
+							   body OPERATOR(pg_catalog.->>) 'prefix',
+							   NULLIF(body OPERATOR(pg_catalog.->) 'metadata', 'null'));
+	-- judged on the new key's actual expiry (the error undoes its creation)
+	IF minter.expires_at IS NOT NULL AND
+	   (k.expires_at IS NULL OR k.expires_at OPERATOR(pg_catalog.>) minter.expires_at) THEN
+		RAISE EXCEPTION 'expiresInDays must not outlive this key, which expires at %', minter.expires_at
+			USING ERRCODE = 'PT403',
+				  HINT = 'Give an expiresInDays that ends no later than this key.';
+	END IF;
+	PERFORM pg_catalog.set_config('response.status', '201', true);
+	RETURN pg_catalog.jsonb_build_object(
+		'id', k.id, 'name', k.name, 'prefix', k.prefix, 'key', k.key, 'scope', k.scope,
+		'ipRestrictions', pg_catalog.to_jsonb(k.ip_restrictions),
+		'expiresAt', k.expires_at, 'createdAt', k.created_at, 'warning', k.warning);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys_api.revoke_key(id text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- this function checks its own permission, whatever route reached it
+	IF NOT apikeys._auth_has_permission('api-keys:write') THEN
+		PERFORM apikeys._require_auth_owner();
+		RAISE EXCEPTION 'api key lacks permission "api-keys:write"' USING ERRCODE = 'PT403';
+	END IF;
+	PERFORM apikeys.apikey_revoke(revoke_key.id, apikeys._require_auth_owner());
+EXCEPTION WHEN no_data_found THEN
+	RAISE EXCEPTION '%', SQLERRM USING ERRCODE = 'PT404';
+END
+$$;
+COMMENT ON FUNCTION apikeys_api.create_key(jsonb) IS
+	'POST /v1/api-keys: mints a key for the caller''s owner, within the caller''s own permissions, networks and expiry';

@@ -22,6 +22,7 @@
 #include "apikeys.h"
 #include "ddl.h"
 #include "guc.h"
+#include "identity.h"
 #include "launcher.h"
 #include "slots.h"
 #include "usage.h"
@@ -59,6 +60,7 @@ void
 _PG_init(void)
 {
 	apikeys_define_gucs(process_shared_preload_libraries_in_progress);
+	identity_install_log_hook();
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 

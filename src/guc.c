@@ -24,6 +24,7 @@
 char	   *apikeys_default_prefix = NULL;
 int			apikeys_backend_cache_keys = DEFAULT_BACKEND_CACHE_KEYS;
 int			apikeys_trusted_proxies = DEFAULT_TRUSTED_PROXIES;
+bool		apikeys_log_refusals = DEFAULT_LOG_REFUSALS;
 int			apikeys_max_tracked_keys = DEFAULT_MAX_TRACKED_KEYS;
 int			apikeys_flush_interval = DEFAULT_FLUSH_INTERVAL_MS;
 int			apikeys_expiry_interval = DEFAULT_EXPIRY_INTERVAL_S;
@@ -106,6 +107,13 @@ apikeys_define_gucs(bool preloading)
 							DEFAULT_BACKEND_CACHE_KEYS, 0, 1000000,
 							PGC_USERSET, 0,
 							NULL, NULL, NULL);
+	DefineCustomBoolVariable("apikeys.log_refusals",
+							 "Writes refused requests (SQLSTATE PT401 and PT403) to the server log.",
+							 "Off by default, so that requests with bad keys cannot fill the log; the line never holds the statement.",
+							 &apikeys_log_refusals,
+							 DEFAULT_LOG_REFUSALS,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
 	if (preloading)
 		define_server_gucs();
 	MarkGUCPrefixReserved("apikeys");

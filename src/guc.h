@@ -16,6 +16,7 @@
 #define DEFAULT_FLUSH_INTERVAL_MS		10000
 #define DEFAULT_EXPIRY_INTERVAL_S		60
 #define DEFAULT_USAGE_RETENTION_DAYS	400
+#define DEFAULT_LOG_REFUSALS			false
 
 /* apikeys.default_prefix: the prefix of keys created without one. */
 extern char *apikeys_default_prefix;
@@ -25,6 +26,9 @@ extern int	apikeys_backend_cache_keys;
 
 /* apikeys.trusted_proxies: proxies whose X-Forwarded-For entries are believed. */
 extern int	apikeys_trusted_proxies;
+
+/* apikeys.log_refusals: write refused requests (PT401/PT403) to the server log. */
+extern bool apikeys_log_refusals;
 
 /* apikeys.max_tracked_keys: capacity of the shared-memory counter table. */
 extern int	apikeys_max_tracked_keys;

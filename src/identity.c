@@ -25,10 +25,13 @@
 #include "catalog/pg_type.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/elog.h"
 #include "utils/inet.h"
 #include "utils/memutils.h"
 
 #include "guc.h"
+#include "identity.h"
+#include "scopes.h"
 #include "validate.h"
 
 #define ERRCODE_PT401	MAKE_SQLSTATE('P','T','4','0','1')
@@ -51,6 +54,9 @@ PG_FUNCTION_INFO_V1(apikeys_authenticate);
 PG_FUNCTION_INFO_V1(apikeys_auth_key_id);
 PG_FUNCTION_INFO_V1(apikeys_auth_owner);
 PG_FUNCTION_INFO_V1(apikeys_auth_scope);
+PG_FUNCTION_INFO_V1(apikeys_auth_has_permission);
+
+static emit_log_hook_type prev_emit_log_hook = NULL;
 
 static void
 identity_clear(void)
@@ -237,4 +243,45 @@ apikeys_auth_scope(PG_FUNCTION_ARGS)
 	if (!identity.set)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(identity.scope));
+}
+
+/*
+ * apikeys._auth_has_permission(permission): true if the transaction is
+ * authenticated and its key's scope grants permission.  The HTTP functions
+ * check their own permission with it, whatever route reached them.
+ */
+Datum
+apikeys_auth_has_permission(PG_FUNCTION_ARGS)
+{
+	if (!identity.set || PG_ARGISNULL(0))
+		PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(scope_grants(CStringGetTextDatum(identity.scope), PG_GETARG_TEXT_PP(0)));
+}
+
+/*
+ * emit_log_hook: a refused request (SQLSTATE PT401 or PT403, which PostgREST
+ * answers with 401 and 403) is not written to the server log unless
+ * apikeys.log_refusals is on, so that anyone with a garbage key cannot fill
+ * the disk; when it is on, the statement is left out of the log line, so
+ * that a key given as a literal never reaches the log.
+ */
+static void
+refusal_log_hook(ErrorData *edata)
+{
+	if (edata->elevel == ERROR &&
+		(edata->sqlerrcode == ERRCODE_PT401 || edata->sqlerrcode == ERRCODE_PT403))
+	{
+		if (!apikeys_log_refusals)
+			edata->output_to_server = false;
+		edata->hide_stmt = true;
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+void
+identity_install_log_hook(void)
+{
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = refusal_log_hook;
 }
