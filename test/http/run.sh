@@ -585,10 +585,65 @@ DELETE | /v1/api-keys/$ADMIN_ID | ADMIN | - | 204 | a key revokes itself: DELETE
 GET    | /v1/api-keys           | ADMIN | - | 401 | the self-revoked key then gets 401 | ERR
 EOT
 
+# ---------------------------------------------------------------- limits and bad bytes (issue 12)
+
+# A key limited to loopback (so that it works through nginx) and two days
+# mints only keys within those limits.
+BOXED=$(sql "SELECT key FROM apikeys.apikey_create('acme', 'boxed', scope => 'full', ip_restrictions => '{127.0.0.0/8}', expires_in_days => 2)")
+run_table <<EOT
+POST | /v1/api-keys | BOXED | {"name": "narrower", "ipRestrictions": ["127.0.0.0/16"], "expiresInDays": 1} | 201 | a key limited to 127.0.0.0/8 and 2 days mints a key within both -> 201 | .ipRestrictions == ["127.0.0.0/16"] and (.expiresAt | type) == "string"
+POST | /v1/api-keys | BOXED | {"name": "wider", "ipRestrictions": ["0.0.0.0/0"], "expiresInDays": 1} | 403 | ... but not one with a wider network -> 403 naming the limit | ERR && (.message | test("ipRestrictions"))
+POST | /v1/api-keys | BOXED | {"name": "anywhere", "expiresInDays": 1} | 403 | ... nor one without a network restriction -> 403 | ERR && (.message | test("ipRestrictions"))
+POST | /v1/api-keys | BOXED | {"name": "later", "ipRestrictions": ["127.0.0.0/16"], "expiresInDays": 30} | 403 | ... nor one that expires later -> 403 naming the limit | ERR && (.message | test("expiresInDays"))
+POST | /v1/api-keys | BOXED | {"name": "forever", "ipRestrictions": ["127.0.0.0/16"]} | 403 | ... nor one that never expires -> 403 | ERR && (.message | test("expiresInDays"))
+POST | /v1/api-keys | READER | {"name": "x", "scope": "read-only", "ipRestrictions": ["127.0.0.0/16"]} | 403 | a read-only key cannot mint even within its limits -> 403 | ERR
+POST | /v1/api-keys | BOOT | {"name": "x", "scope": "verify", "ipRestrictions": ["$BOOT"]} | 400 | a key sent in ipRestrictions -> 400, and the answer does not echo it | ERR && (tostring | contains("$BOOT") | not)
+POST | /v1/api-keys | BOOT | {"name": "x", "scope": "verify", "$BOOT": 1} | 400 | a key sent as a field name -> 400, not echoed | ERR && (tostring | contains("$BOOT") | not)
+GET  | /v1/api-keys?_=1732972800 | BOOT | - | 200 | an unknown query parameter (cache buster) is ignored: GET /v1/api-keys?_=... -> 200 | array
+GET  | /v1/account/credits?utm_source=mail | BOOT | - | 200 | ... and on GET /v1/account/credits | object
+GET  | /v1/api-keys/analytics?days=7&_=1 | BOOT | - | 200 | analytics keeps days and ignores the rest | (.dailyUsage | length) == 7
+EOT
+expect_sql "the refused mints left no key behind" \
+	"$(sql "SELECT count(*) FROM apikeys.keys WHERE name IN ('wider', 'anywhere', 'later', 'forever')")" 0
+
+# Bytes that are not UTF-8 (PostgREST 12 answers 500 to them) get 4xx or
+# pass cleanly.
+req GET /v1/account/credits -H $'X-API-Key: cl\xe9\xe8\xff'
+expect "X-API-Key with bytes that are not UTF-8 -> 401 with PostgREST's error shape" 401 ERR
+expect_header "... and WWW-Authenticate" '^www-authenticate:'
+req GET /v1/account/credits -H "X-API-Key: $BOOT" -H $'X-Trace: caf\xe9'
+expect "a valid key plus another header that is not UTF-8 -> 200" 200 object
+req GET /v1/account/credits -H "X-API-Key: $BOOT" -H $'X-Forwarded-For: 10.0.0.1, caf\xe9'
+expect "an X-Forwarded-For that is not UTF-8 -> 200 (the address nginx saw)" 200 object
+req GET '/v1/api-keys/analytics?days=%E9' -H "X-API-Key: $BOOT"
+expect "?days=%E9 -> 400 with PostgREST's error shape" 400 ERR
+req GET '/v1/api-keys?x=%E9%FF' -H "X-API-Key: $BOOT"
+expect "an unknown parameter that is not UTF-8 on GET /v1/api-keys -> 200" 200 array
+req POST /v1/api-keys -H "X-API-Key: $BOOT" -H "Content-Type: application/json" --data-binary $'{"name": "caf\xe9", "scope": "verify"}'
+if [[ $CODE =~ ^4 ]]; then
+	ok "a JSON body that is not UTF-8 -> $CODE"
+else
+	not_ok "a JSON body that is not UTF-8 -> 4xx" "$LAST: got $CODE" "body: $(body_excerpt)"
+fi
+
+# Refused requests do not flood the server log.
+lines_before=$(wc -l <"$S/pg/server.log")
+for ((i = 0; i < 100; i++)); do
+	req GET /v1/account/credits -H "X-API-Key: ak_notakey$i"
+	req GET /v1/api-keys -H "X-API-Key: $VERIFY"
+done
+lines_after=$(wc -l <"$S/pg/server.log")
+if [[ $CODE == 403 && $((lines_after - lines_before)) -lt 20 ]]; then
+	ok "200 refused requests (401 and 403) add $((lines_after - lines_before)) lines to the server log (fewer than 20)"
+else
+	not_ok "200 refused requests add fewer than 20 lines to the server log" \
+		"last answer $CODE; $((lines_after - lines_before)) lines added" "$(tail -n 5 "$S/pg/server.log")"
+fi
+
 # ---------------------------------------------------------------- logs
 
 leaked=()
-for k in "$BOOT" "$NEW" "$GHOST" "$OLD" "$VERIFY" "$READER" "$ADMIN" "$OTHER" "$OFFICE" "$LOOP" "$METERED"; do
+for k in "$BOOT" "$NEW" "$GHOST" "$OLD" "$VERIFY" "$READER" "$ADMIN" "$OTHER" "$OFFICE" "$LOOP" "$METERED" "$BOXED"; do
 	[[ -n $k ]] && grep -qrF -- "$k" "$S/pg/server.log" "$S/postgrest.log" "$N"/*.log && leaked+=("${k:0:8}...")
 done
 if [[ ${#leaked[@]} -eq 0 ]]; then
