@@ -1,8 +1,9 @@
 /*
  * usage_internal.h
- *		The counter table's layout, shared by usage.c (counting, flushing)
- *		and usage_dump.c (saving it across a clean restart).  Nothing else
- *		includes this: other modules use usage.h.
+ *		The counter table's layout, shared by usage.c (counting),
+ *		usage_flush.c (what the workers read and settle) and usage_dump.c
+ *		(saving it across a clean restart).  Nothing else includes this:
+ *		other modules use usage.h.  The locking protocol is in usage.c.
  */
 #ifndef APIKEYS_USAGE_INTERNAL_H
 #define APIKEYS_USAGE_INTERNAL_H
@@ -11,6 +12,8 @@
 #include "storage/condition_variable.h"
 #include "storage/lwlock.h"
 #include "utils/date.h"
+#include "access/transam.h"
+#include "datatype/timestamp.h"
 #include "utils/hsearch.h"
 
 #include "keyformat.h"
@@ -47,8 +50,29 @@ typedef struct UsageShared
 extern UsageShared *usage_shared;
 extern HTAB *usage_hash;
 
+/* True if entry holds nothing a flush still has to write: it may be evicted. */
+static inline bool
+usage_entry_is_drained(UsageEntry *entry)
+{
+	return pg_atomic_read_u64(&entry->calls) == 0 &&
+		pg_atomic_read_u64(&entry->rejected) == 0 &&
+		(TimestampTz) pg_atomic_read_u64(&entry->last_used) <= entry->flushed_last_used &&
+		!TransactionIdIsValid(entry->flush_xid);
+}
+
+/* Removes entry, possibly during a hash_seq_search (exclusive lock held). */
+static inline void
+usage_entry_remove(UsageEntry *entry)
+{
+	hash_search(usage_hash, &entry->key, HASH_REMOVE, NULL);
+}
+
+
 /* Sets up a new entry's counters (exclusive lock held, or the postmaster alone). */
 extern void usage_entry_init(UsageEntry *entry);
+
+/* How long after a backend last waited for room the table counts as full. */
+#define PRESSURE_USECS			(5 * USECS_PER_SEC)
 
 /* Registers the shutdown dump and restores the last one (postmaster, at startup). */
 extern void usage_dump_setup(bool restore);
