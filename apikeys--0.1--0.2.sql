@@ -401,7 +401,27 @@ $$;
 COMMENT ON FUNCTION apikeys._json_networks(text, jsonb) IS
 	'Internal: a JSON array of network strings as cidr[]; 22023 naming the position, never the value';
 
+-- PT401 unless the transaction is authenticated, PT403 unless its key's
+-- scope grants permission: each HTTP function checks its own, so that no
+-- route (an encoded path, a hand-made request.path) reaches it unchecked.
+CREATE FUNCTION apikeys._require_auth_permission(permission text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM apikeys._require_auth_owner();
+	IF NOT apikeys._auth_has_permission(permission) THEN
+		RAISE EXCEPTION 'api key lacks permission "%"', permission
+			USING ERRCODE = 'PT403',
+				  DETAIL = pg_catalog.format('Its scope "%s" does not grant it.', apikeys._auth_scope());
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys._require_auth_permission(text) IS
+	'Internal: PT401 unless authenticated, PT403 unless the key''s scope grants permission';
+
 REVOKE ALL ON FUNCTION apikeys._auth_has_permission(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys._require_auth_permission(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys._json_networks(text, jsonb) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION apikeys_api.create_key(jsonb)
@@ -421,10 +441,7 @@ DECLARE
 	k apikeys.new_key;
 BEGIN
 	-- this function checks its own permission, whatever route reached it
-	IF NOT apikeys._auth_has_permission('api-keys:write') THEN
-		RAISE EXCEPTION 'api key lacks permission "api-keys:write"'
-			USING ERRCODE = 'PT403', DETAIL = pg_catalog.format('Its scope "%s" does not grant it.', caller_scope);
-	END IF;
+	PERFORM apikeys._require_auth_permission('api-keys:write');
 	IF pg_catalog.jsonb_typeof(body) OPERATOR(pg_catalog.<>) 'object' THEN
 		RAISE EXCEPTION 'request body must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -438,8 +455,9 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'The fields are name, scope, ipRestrictions, expiresInDays, prefix and metadata.';
 	END IF;
+	-- ('{number,"null"}': an unquoted null would be SQL NULL, and the test never true)
 	IF pg_catalog.jsonb_typeof(body OPERATOR(pg_catalog.->) 'expiresInDays')
-	   OPERATOR(pg_catalog.<>) ALL ('{number,null}') THEN
+	   OPERATOR(pg_catalog.<>) ALL ('{number,"null"}') THEN
 		RAISE EXCEPTION 'expiresInDays must be a number of days' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 
@@ -493,10 +511,7 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	-- this function checks its own permission, whatever route reached it
-	IF NOT apikeys._auth_has_permission('api-keys:write') THEN
-		PERFORM apikeys._require_auth_owner();
-		RAISE EXCEPTION 'api key lacks permission "api-keys:write"' USING ERRCODE = 'PT403';
-	END IF;
+	PERFORM apikeys._require_auth_permission('api-keys:write');
 	PERFORM apikeys.apikey_revoke(revoke_key.id, apikeys._require_auth_owner());
 EXCEPTION WHEN no_data_found THEN
 	RAISE EXCEPTION '%', SQLERRM USING ERRCODE = 'PT404';
@@ -504,3 +519,31 @@ END
 $$;
 COMMENT ON FUNCTION apikeys_api.create_key(jsonb) IS
 	'POST /v1/api-keys: mints a key for the caller''s owner, within the caller''s own permissions, networks and expiry';
+
+CREATE OR REPLACE FUNCTION apikeys_api.list_keys()
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM apikeys._require_auth_permission('api-keys:read');
+	RETURN (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+					   'id', l.id, 'name', l.name, 'prefix', l.prefix, 'scope', l.scope,
+					   'ipRestrictions', pg_catalog.to_jsonb(l.ip_restrictions),
+					   'expiresAt', l.expires_at, 'lastUsedAt', l.last_used_at,
+					   'createdAt', l.created_at, 'isRevoked', l.is_revoked)
+				   ORDER BY l.created_at DESC, l.id DESC), '[]')
+			  FROM apikeys.apikey_list(apikeys._require_auth_owner()) AS l);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys_api.analytics(days integer DEFAULT 30)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM apikeys._require_auth_permission('api-keys:read');
+	RETURN apikeys.apikey_analytics(apikeys._require_auth_owner(), analytics.days);
+END
+$$;

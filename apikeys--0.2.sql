@@ -797,6 +797,25 @@ $$;
 COMMENT ON FUNCTION apikeys._require_auth_owner() IS
 	'Internal: the authenticated owner, or PT401';
 
+-- PT401 unless the transaction is authenticated, PT403 unless its key's
+-- scope grants permission: each HTTP function checks its own, so that no
+-- route (an encoded path, a hand-made request.path) reaches it unchecked.
+CREATE FUNCTION apikeys._require_auth_permission(permission text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM apikeys._require_auth_owner();
+	IF NOT apikeys._auth_has_permission(permission) THEN
+		RAISE EXCEPTION 'api key lacks permission "%"', permission
+			USING ERRCODE = 'PT403',
+				  DETAIL = pg_catalog.format('Its scope "%s" does not grant it.', apikeys._auth_scope());
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys._require_auth_permission(text) IS
+	'Internal: PT401 unless authenticated, PT403 unless the key''s scope grants permission';
+
 ------------------------------------------------------------------------------
 -- The HTTP API, served by PostgREST (db-schemas = apikeys_api,
 -- db-pre-request = apikeys_api.pre_request).  Every request authenticates
@@ -850,10 +869,7 @@ DECLARE
 	k apikeys.new_key;
 BEGIN
 	-- this function checks its own permission, whatever route reached it
-	IF NOT apikeys._auth_has_permission('api-keys:write') THEN
-		RAISE EXCEPTION 'api key lacks permission "api-keys:write"'
-			USING ERRCODE = 'PT403', DETAIL = pg_catalog.format('Its scope "%s" does not grant it.', caller_scope);
-	END IF;
+	PERFORM apikeys._require_auth_permission('api-keys:write');
 	IF pg_catalog.jsonb_typeof(body) OPERATOR(pg_catalog.<>) 'object' THEN
 		RAISE EXCEPTION 'request body must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -867,8 +883,9 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'The fields are name, scope, ipRestrictions, expiresInDays, prefix and metadata.';
 	END IF;
+	-- ('{number,"null"}': an unquoted null would be SQL NULL, and the test never true)
 	IF pg_catalog.jsonb_typeof(body OPERATOR(pg_catalog.->) 'expiresInDays')
-	   OPERATOR(pg_catalog.<>) ALL ('{number,null}') THEN
+	   OPERATOR(pg_catalog.<>) ALL ('{number,"null"}') THEN
 		RAISE EXCEPTION 'expiresInDays must be a number of days' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 
@@ -923,6 +940,7 @@ LANGUAGE plpgsql STABLE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM apikeys._require_auth_permission('api-keys:read');
 	RETURN (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
 					   'id', l.id, 'name', l.name, 'prefix', l.prefix, 'scope', l.scope,
 					   'ipRestrictions', pg_catalog.to_jsonb(l.ip_restrictions),
@@ -941,6 +959,7 @@ LANGUAGE plpgsql STABLE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM apikeys._require_auth_permission('api-keys:read');
 	RETURN apikeys.apikey_analytics(apikeys._require_auth_owner(), analytics.days);
 END
 $$;
@@ -954,10 +973,7 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	-- this function checks its own permission, whatever route reached it
-	IF NOT apikeys._auth_has_permission('api-keys:write') THEN
-		PERFORM apikeys._require_auth_owner();
-		RAISE EXCEPTION 'api key lacks permission "api-keys:write"' USING ERRCODE = 'PT403';
-	END IF;
+	PERFORM apikeys._require_auth_permission('api-keys:write');
 	PERFORM apikeys.apikey_revoke(revoke_key.id, apikeys._require_auth_owner());
 EXCEPTION WHEN no_data_found THEN
 	RAISE EXCEPTION '%', SQLERRM USING ERRCODE = 'PT404';

@@ -52,6 +52,15 @@ SELECT regress.outcome($$SELECT apikeys_api.create_key('{"name": "x", "scope": "
        regress.state($$SELECT apikeys_api.create_key('{"name": "x", "scope": "lists"}')$$) AS narrower_scope;
 ROLLBACK;
 
+-- a key without api-keys:read cannot list or read analytics by another
+-- route (PostgREST decodes %5F in a path that the pre-request saw raw)
+SELECT key AS verifier FROM apikeys.apikey_create('limits_owner', 'verifier', scope => 'verify') \gset
+BEGIN;
+SELECT pg_temp.request(:'verifier', '/rpc/list%5Fkeys', 'GET', '198.51.100.1');
+SELECT regress.outcome($$SELECT apikeys_api.list_keys()$$) AS list_by_verifier,
+       regress.outcome($$SELECT apikeys_api.analytics(7)$$) AS analytics_by_verifier;
+ROLLBACK;
+
 -- a read-only key that authenticated for a GET cannot reach the minting or
 -- revoking function by another route
 BEGIN;
@@ -72,6 +81,9 @@ SELECT position(:'reader' IN regress.outcome(format('SELECT apikeys_api.create_k
 		json_build_object('name', 'x', 'scope', 'lists', :'reader', 1)))) = 0 AS key_as_field_not_echoed;
 SELECT regress.outcome(format('SELECT apikeys_api.create_key(%L)',
 		json_build_object('name', 'x', 'scope', 'lists', :'reader', 1))) AS key_as_field;
+SELECT position(:'reader' IN regress.outcome(format('SELECT apikeys_api.create_key(%L)',
+		json_build_object('name', 'x', 'scope', 'lists', 'expiresInDays', :'reader')))) = 0 AS key_as_days_not_echoed,
+       regress.outcome($$SELECT apikeys_api.create_key('{"name": "x", "scope": "lists", "expiresInDays": "1"}')$$) AS days_as_string;
 SELECT regress.outcome($$SELECT apikeys_api.create_key('{"name": "x", "scope": "lists", "ipRestrictions": [42]}')$$) AS number_as_network,
        regress.outcome($$SELECT apikeys_api.create_key('{"name": "x", "scope": "lists", "ipRestrictions": "10.0.0.0/8"}')$$) AS not_an_array;
 ROLLBACK;

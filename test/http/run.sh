@@ -599,6 +599,7 @@ POST | /v1/api-keys | BOXED | {"name": "forever", "ipRestrictions": ["127.0.0.0/
 POST | /v1/api-keys | READER | {"name": "x", "scope": "read-only", "ipRestrictions": ["127.0.0.0/16"]} | 403 | a read-only key cannot mint even within its limits -> 403 | ERR
 POST | /v1/api-keys | BOOT | {"name": "x", "scope": "verify", "ipRestrictions": ["$BOOT"]} | 400 | a key sent in ipRestrictions -> 400, and the answer does not echo it | ERR && (tostring | contains("$BOOT") | not)
 POST | /v1/api-keys | BOOT | {"name": "x", "scope": "verify", "$BOOT": 1} | 400 | a key sent as a field name -> 400, not echoed | ERR && (tostring | contains("$BOOT") | not)
+POST | /v1/api-keys | BOOT | {"name": "x", "scope": "verify", "expiresInDays": "$BOOT"} | 400 | a key sent as expiresInDays -> 400, not echoed | ERR && (tostring | contains("$BOOT") | not)
 GET  | /v1/api-keys?_=1732972800 | BOOT | - | 200 | an unknown query parameter (cache buster) is ignored: GET /v1/api-keys?_=... -> 200 | array
 GET  | /v1/account/credits?utm_source=mail | BOOT | - | 200 | ... and on GET /v1/account/credits | object
 GET  | /v1/api-keys/analytics?days=7&_=1 | BOOT | - | 200 | analytics keeps days and ignores the rest | (.dailyUsage | length) == 7
@@ -615,6 +616,14 @@ req GET /v1/account/credits -H "X-API-Key: $BOOT" -H $'X-Trace: caf\xe9'
 expect "a valid key plus another header that is not UTF-8 -> 200" 200 object
 req GET /v1/account/credits -H "X-API-Key: $BOOT" -H $'X-Forwarded-For: 10.0.0.1, caf\xe9'
 expect "an X-Forwarded-For that is not UTF-8 -> 200 (the address nginx saw)" 200 object
+for path in /v1/account/credits /v1/api-keys; do
+	req GET "$path" -H "X-API-Key: $BOOT" -H $'Host: caf\xe9'
+	if [[ $CODE != 5* && $CODE != 000* ]]; then
+		ok "a Host header that is not UTF-8 on GET $path -> $CODE, not 5xx"
+	else
+		not_ok "a Host header that is not UTF-8 on GET $path -> not 5xx" "$LAST: got $CODE" "body: $(body_excerpt)"
+	fi
+done
 req GET '/v1/api-keys/analytics?days=%E9' -H "X-API-Key: $BOOT"
 expect "?days=%E9 -> 400 with PostgREST's error shape" 400 ERR
 req GET '/v1/api-keys?x=%E9%FF' -H "X-API-Key: $BOOT"
