@@ -4,8 +4,10 @@
 #
 # Idempotent. Installs only what is missing (PostgreSQL 15 server, its PGXS dev
 # files, IPC::Run for the TAP tests, libfaketime for the TAP test that crosses
-# midnight, a compiler), running `apt-get update` at most once and only when
-# something has to be installed. Works as root, or as a user with passwordless
+# midnight, a compiler; curl, jq, nginx and PostgREST for the HTTP suite, the
+# demo and the benchmarks, through test/lib.sh), running `apt-get update` at
+# most once and only when something has to be installed.  This is the one
+# place `make test` and `make demo` install from. Works as root, or as a user with passwordless
 # sudo. apt and make output is shown only on failure.
 #
 # Environment:
@@ -125,6 +127,22 @@ build_and_install() {
 	say "apikeys built and installed into $pkglibdir"
 }
 
+# install_http_tools -- what the HTTP suite, make demo and make bench run:
+# curl, jq and nginx from Debian, PostgREST from npm (test/lib.sh says how;
+# the suites call the same functions, which do nothing once installed).
+install_http_tools() {
+	(
+		# shellcheck source=test/lib.sh
+		source "$REPO/test/lib.sh" &&
+			ensure_cmds curl jq && install_nginx && install_postgrest
+	) >"$LOG" 2>&1 || {
+		echo "setup: installing curl, jq, nginx and PostgREST failed; output follows" >&2
+		cat "$LOG" >&2
+		exit 1
+	}
+}
+
 install_packages
 check_toolchain
+install_http_tools
 build_and_install
