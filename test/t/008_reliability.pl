@@ -54,17 +54,6 @@ sub fresh_node
 }
 my $node = fresh_node('reliability_1');
 
-# timed(NODE, DB, SQL, SECONDS) -- run SQL under statement_timeout SECONDS;
-# returns (ok, stdout or stderr, seconds taken).
-sub timed
-{
-	my ($n, $d, $query, $seconds) = @_;
-	my $t0 = time;
-	my ($ret, $out, $err) = $n->psql($d, "SET statement_timeout = '${seconds}s'; $query",
-		timeout => $seconds + 30, on_error_die => 0);
-	return ($ret == 0 ? 1 : 0, $ret == 0 ? $out : $err, time - $t0);
-}
-
 # exact(DB, HASHREF) -- a test that apikeys.usage of DB holds exactly the
 # expected key id => [calls, rejected] (summed over days).
 sub exact

@@ -38,16 +38,6 @@ my $node = new_node('review',
 create_extension($node, $db);
 ok(defined wait_for_worker($node, $db, 10), 'postgres has its worker');
 
-# timed(DB, SQL, SECONDS) -- (ok, stdout or stderr, seconds)
-sub timed
-{
-	my ($d, $query, $seconds) = @_;
-	my $t0 = time;
-	my ($ret, $out, $err) = $node->psql($d, "SET statement_timeout = '${seconds}s'; $query",
-		timeout => $seconds + 30, on_error_die => 0);
-	return ($ret == 0 ? 1 : 0, $ret == 0 ? $out : $err, time - $t0);
-}
-
 # keys(DB, TABLE, N) -- N keys in public.TABLE(n, id, key)
 sub keys_in
 {
@@ -63,7 +53,7 @@ sub validate_all
 {
 	my ($d, $table, $seconds, $where) = @_;
 	$where //= 'true';
-	return timed($d, "SELECT count(*) FROM (SELECT (apikeys.apikey_validate(key)).valid v
+	return timed($node, $d, "SELECT count(*) FROM (SELECT (apikeys.apikey_validate(key)).valid v
 	                     FROM public.$table WHERE $where) s WHERE v", $seconds);
 }
 
@@ -98,7 +88,7 @@ ok($ok && $out eq '20' && $took < 3,
   or diag($out);
 my ($ok1, $out1, $err1) = finish_psql($open);
 like($out1, qr/^100$/m, 'that transaction validated its 100 keys, then committed') or diag($err1);
-($ok, $out) = timed('a', 'SELECT apikeys.flush_usage()', 40);
+($ok, $out) = timed($node, 'a', 'SELECT apikeys.flush_usage()', 40);
 is($out, 't', 'flush_usage() in a');
 is(calls_of('a', 'own'), '100', 'its 100 calls are counted once it commits');
 
@@ -113,7 +103,7 @@ sql($node, 'b', q{
 	PREPARE TRANSACTION 'own_keys';});
 $node->restart;
 sql($node, 'b', "COMMIT PREPARED 'own_keys'");
-($ok, $out) = timed('b', 'SELECT apikeys.flush_usage()', 40);
+($ok, $out) = timed($node, 'b', 'SELECT apikeys.flush_usage()', 40);
 is($out, 't', 'flush_usage() in b after the restart');
 is(calls_of('b', 'prep'), '3', "a prepared transaction's 3 calls of its own key survive a restart");
 
@@ -121,10 +111,10 @@ is(calls_of('b', 'prep'), '3', "a prepared transaction's 3 calls of its own key 
 # 2. An unsettled flush mark across an immediate stop
 # ---------------------------------------------------------------------------
 keys_in('b', 'xid', 10);
-($ok, $out) = timed('b', 'SELECT apikeys.flush_usage()', 40);
+($ok, $out) = timed($node, 'b', 'SELECT apikeys.flush_usage()', 40);
 # a prepared transaction holds the flush: the counters are marked, nothing written
 sql($node, 'b', q{BEGIN; LOCK TABLE apikeys.usage IN ACCESS EXCLUSIVE MODE; PREPARE TRANSACTION 'lk';});
-($ok, $out) = timed('b', q{SELECT count(*) FROM (SELECT (apikeys.apikey_validate(key)).valid v
+($ok, $out) = timed($node, 'b', q{SELECT count(*) FROM (SELECT (apikeys.apikey_validate(key)).valid v
                              FROM public.xid, generate_series(1, 3)) s WHERE v}, 20);
 is($out, '30', 'b: 30 calls, then a flush that waits for the lock');
 my $flusher = start_psql($node, 'b', "SET statement_timeout = '3s'; SELECT apikeys.flush_usage()");
@@ -149,8 +139,8 @@ $node->stop('fast');
 $node->adjust_conf('postgresql.conf', 'max_worker_processes', '24');
 $node->start;
 sql($node, 'b', "ROLLBACK PREPARED 'lk'");
-($ok, $out) = timed('b', 'SELECT apikeys.flush_usage()', 40);
-($ok, $out) = timed('b', 'SELECT apikeys.flush_usage()', 40);
+($ok, $out) = timed($node, 'b', 'SELECT apikeys.flush_usage()', 40);
+($ok, $out) = timed($node, 'b', 'SELECT apikeys.flush_usage()', 40);
 is($out, 't', 'flush_usage() in b after the immediate stop');
 is(calls_of('b', 'xid'), '30', 'the 30 calls marked by the interrupted flush are counted once');
 
@@ -159,7 +149,7 @@ is(calls_of('b', 'xid'), '30', 'the 30 calls marked by the interrupted flush are
 # ---------------------------------------------------------------------------
 sql($node, $db, 'CREATE DATABASE plain');
 my $t0 = time;
-($ok, $out, $took) = timed($db, 'DROP DATABASE plain', 30);
+($ok, $out, $took) = timed($node, $db, 'DROP DATABASE plain', 30);
 ok($ok && $took < 5, sprintf('DROP DATABASE of a database without the extension takes %.2fs', $took))
   or diag($out);
 
@@ -173,7 +163,7 @@ sql($node, 'c', "COMMIT PREPARED 'cx'");
 keys_in('c', 'ck', 5);
 ($ok, $out) = validate_all('c', 'ck', 20);
 is($out, '5', 'c: 5 calls');
-($ok, $out) = timed('c', 'SELECT apikeys.flush_usage()', 40);
+($ok, $out) = timed($node, 'c', 'SELECT apikeys.flush_usage()', 40);
 is($out, 't', 'flush_usage() in c: c got a worker');
 is(calls_of('c', 'ck'), '5', 'c: the 5 calls are counted');
 
@@ -216,7 +206,7 @@ ok($ok && $out eq '10' && $took < 3,
 my ($dok, $dout, $derr) = finish_psql($ddl);
 like($derr, qr/being accessed by other users/, '... which fails: tpl is in use');
 finish_psql($holder);
-($ok, $out) = timed('tpl', 'SELECT apikeys.flush_usage()', 40);
+($ok, $out) = timed($node, 'tpl', 'SELECT apikeys.flush_usage()', 40);
 is($out, 't', 'tpl has a worker again');
 is(calls_of('tpl', 'tk'), '100', "tpl's 100 calls are counted once");
 
@@ -241,7 +231,7 @@ ok($stopped && time - $t0 < 20, sprintf('a fast shutdown finishes (%.2fs)', time
 $node->stop('immediate') unless $stopped;
 $node->start;
 sql($node, 'a', "ROLLBACK PREPARED 'stuck'");
-($ok, $out) = timed('a', 'SELECT apikeys.flush_usage()', 40);
+($ok, $out) = timed($node, 'a', 'SELECT apikeys.flush_usage()', 40);
 is($out, 't', 'flush_usage() in a after the restart');
 is(calls_of('a', 'own'), '105', "a: the 5 calls made before the shutdown are counted");
 

@@ -19,7 +19,7 @@ our @EXPORT = qw(
   new_node create_extension create_key create_keys sql sql_ok sql_fails
   validate_n run_pgbench flush_usage usage_of usage_rows worker_pids
   wait_until wait_for_worker wait_for_no_worker wait_for_log_within
-  start_psql finish_psql elapsed_since utc_today check_no_crash
+  start_psql finish_psql elapsed_since utc_today check_no_crash timed
 );
 
 # Seconds any single psql / pgbench call may take before the test fails.
@@ -65,6 +65,18 @@ sub sql
 		}
 		die "SQL failed in $db (exit $ret): $err\nSQL: $query\n";
 	}
+}
+
+# timed(NODE, DB, SQL, SECONDS) -- run SQL under statement_timeout SECONDS,
+# so that a hang fails the caller instead of the suite; returns (ok, stdout
+# or stderr, seconds taken).
+sub timed
+{
+	my ($node, $db, $query, $seconds) = @_;
+	my $t0 = time;
+	my ($ret, $out, $err) = $node->psql($db, "SET statement_timeout = '${seconds}s'; $query",
+		timeout => $seconds + 30, on_error_die => 0);
+	return ($ret == 0 ? 1 : 0, $ret == 0 ? $out : $err, time - $t0);
 }
 
 # check_no_crash(NODE, [OFFSET], [LABEL]) -- a test that no server process
