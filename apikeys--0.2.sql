@@ -185,7 +185,7 @@ CREATE TABLE apikeys.audit (
 	key_id		text NOT NULL,
 	owner		text NOT NULL,
 	event		text NOT NULL
-				CHECK (event OPERATOR(pg_catalog.=) ANY ('{created,revoked,rotated,expired}')),
+				CHECK (event OPERATOR(pg_catalog.=) ANY ('{created,revoked,rotated,expired,route_added,route_changed,route_removed}')),
 	actor		text NOT NULL DEFAULT SESSION_USER,
 	detail		jsonb NOT NULL DEFAULT '{}'
 );
@@ -817,6 +817,199 @@ COMMENT ON FUNCTION apikeys._require_auth_permission(text) IS
 	'Internal: PT401 unless authenticated, PT403 unless the key''s scope grants permission';
 
 ------------------------------------------------------------------------------
+-- Your own API behind keys (SPEC section 14): the authenticated key in SQL,
+-- for row-level security, and a db-pre-request for any schema, with a
+-- permission per route.
+------------------------------------------------------------------------------
+
+-- The key that authenticated this transaction (NULL when none did).  Only a
+-- successful apikeys.pre_request (or apikeys_api.pre_request) in the same
+-- transaction sets it; it is gone at commit or abort.  STABLE and a memory
+-- read, so a policy such as USING (owner = apikeys.current_owner()) is an
+-- index condition; PARALLEL RESTRICTED, as parallel workers do not share it.
+CREATE FUNCTION apikeys.current_key_id() RETURNS text
+LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_auth_key_id';
+COMMENT ON FUNCTION apikeys.current_key_id() IS
+	'Id of the key that authenticated this transaction, or NULL';
+CREATE FUNCTION apikeys.current_owner() RETURNS text
+LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_auth_owner';
+COMMENT ON FUNCTION apikeys.current_owner() IS
+	'Owner of the key that authenticated this transaction, or NULL (for row-level security)';
+CREATE FUNCTION apikeys.current_scope() RETURNS text
+LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_auth_scope';
+COMMENT ON FUNCTION apikeys.current_scope() IS
+	'Scope of the key that authenticated this transaction, or NULL';
+CREATE FUNCTION apikeys.has_permission(permission text) RETURNS boolean
+LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_auth_has_permission';
+COMMENT ON FUNCTION apikeys.has_permission(text) IS
+	'True if this transaction is authenticated and its key''s scope grants permission';
+
+-- Routes: the permission a request needs, when the default does not fit.
+CREATE TABLE apikeys.routes (
+	method		text NOT NULL DEFAULT '*'
+				CHECK (method OPERATOR(pg_catalog.~) '^(\*|[A-Z]{1,16})$'),
+	path		text NOT NULL
+				CHECK (path OPERATOR(pg_catalog.~) '^/([^/?#]+(/[^/?#]+)*)?$'),
+	permission	text,
+	credit		text,
+	cost		numeric,
+	CONSTRAINT routes_pkey PRIMARY KEY (method, path)
+);
+COMMENT ON TABLE apikeys.routes IS
+	'Permission (NULL: any valid key) each request method and path needs from a key, for apikeys.pre_request; "*" matches any method, and a path segment "*" any one segment';
+
+-- Adds, changes and removals of routes are audited; a route with a credit
+-- waits for credits (a later version).
+CREATE FUNCTION apikeys.routes_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r apikeys.routes := CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN OLD ELSE NEW END;
+BEGIN
+	IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' AND (NEW.credit IS NOT NULL OR NEW.cost IS NOT NULL) THEN
+		RAISE EXCEPTION 'routes that charge credits are not supported yet'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Credits (apikey_charge) come in a later version of apikeys.',
+				  HINT = 'Leave credit and cost NULL.';
+	END IF;
+	PERFORM apikeys._audit(CASE TG_OP WHEN 'INSERT' THEN 'route_added'
+									 WHEN 'UPDATE' THEN 'route_changed'
+									 ELSE 'route_removed' END,
+						   '', '',
+						   pg_catalog.jsonb_build_object('method', r.method, 'path', r.path,
+														 'permission', r.permission));
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION apikeys.routes_changed() IS
+	'Trigger function: audits route changes and refuses routes with a credit (not supported yet)';
+CREATE TRIGGER routes_changed BEFORE INSERT OR UPDATE OR DELETE ON apikeys.routes
+	FOR EACH ROW EXECUTE FUNCTION apikeys.routes_changed();
+-- pg_dump keeps the routes
+SELECT pg_catalog.pg_extension_config_dump('apikeys.routes', '');
+
+-- True if path matches the route pattern: as many segments, and each
+-- pattern segment "*" or equal.
+CREATE FUNCTION apikeys._path_matches(pattern text, path text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.cardinality(p) OPERATOR(pg_catalog.=) pg_catalog.cardinality(q)
+	   AND NOT EXISTS (SELECT FROM pg_catalog.generate_subscripts(p, 1) AS i
+					    WHERE p[i] OPERATOR(pg_catalog.<>) '*'
+						  AND p[i] OPERATOR(pg_catalog.<>) q[i])
+	  FROM pg_catalog.string_to_array($1, '/') AS p, pg_catalog.string_to_array($2, '/') AS q
+$$;
+COMMENT ON FUNCTION apikeys._path_matches(text, text) IS
+	'Internal: true if path matches the route pattern ("*" matches one segment)';
+
+-- The permission a request needs (NULL: any valid key).  The most specific
+-- matching route wins: the one with a literal segment where the others
+-- have "*", at the leftmost segment where they differ; among equally
+-- specific paths, an exact method before "*".  With no route: GET and
+-- HEAD of /<name>... need <name>:read, other methods <name>:write;
+-- /rpc/<fn> needs <fn>:call; / (the API description) any valid key.  The
+-- seed API (apikeys_api) brings its own routes instead of the table.
+CREATE FUNCTION apikeys._request_permission(method text, path text, seed boolean)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m text := pg_catalog.upper(method);
+	segs text[] := pg_catalog.string_to_array(pg_catalog.ltrim(path, '/'), '/');
+	found_route boolean;
+	perm text;
+BEGIN
+	IF seed THEN
+		SELECT true, r.permission INTO found_route, perm
+		  FROM (VALUES ('*', '/rpc/create_key', 'api-keys:write'),
+					   ('*', '/rpc/revoke_key', 'api-keys:write'),
+					   ('GET', '/rpc/list_keys', 'api-keys:read'),
+					   ('HEAD', '/rpc/list_keys', 'api-keys:read'),
+					   ('*', '/rpc/list_keys', 'api-keys:write'),
+					   ('GET', '/rpc/analytics', 'api-keys:read'),
+					   ('HEAD', '/rpc/analytics', 'api-keys:read'),
+					   ('*', '/rpc/analytics', 'api-keys:write'),
+					   ('*', '/rpc/credits', NULL)) AS r(method, path, permission)
+		 WHERE (r.method OPERATOR(pg_catalog.=) '*' OR r.method OPERATOR(pg_catalog.=) m)
+		   AND r.path OPERATOR(pg_catalog.=) _request_permission.path
+		 ORDER BY r.method OPERATOR(pg_catalog.=) '*'
+		 LIMIT 1;
+	ELSE
+		SELECT true, r.permission INTO found_route, perm
+		  FROM apikeys.routes AS r
+		 WHERE (r.method OPERATOR(pg_catalog.=) '*' OR r.method OPERATOR(pg_catalog.=) m)
+		   AND apikeys._path_matches(r.path, _request_permission.path)
+		 ORDER BY pg_catalog.array_to_string(ARRAY(
+					 SELECT CASE WHEN s OPERATOR(pg_catalog.=) '*' THEN '0' ELSE '1' END
+					   FROM pg_catalog.unnest(pg_catalog.string_to_array(r.path, '/')) AS s), '') DESC,
+				  r.method OPERATOR(pg_catalog.=) '*'
+		 LIMIT 1;
+	END IF;
+	IF found_route THEN
+		RETURN perm;
+	END IF;
+	IF pg_catalog.cardinality(segs) OPERATOR(pg_catalog.=) 0 OR segs[1] OPERATOR(pg_catalog.=) '' THEN
+		RETURN NULL;
+	END IF;
+	IF segs[1] OPERATOR(pg_catalog.=) 'rpc' AND pg_catalog.cardinality(segs) OPERATOR(pg_catalog.>=) 2 THEN
+		RETURN segs[2] OPERATOR(pg_catalog.||) ':call';
+	END IF;
+	RETURN segs[1] OPERATOR(pg_catalog.||)
+		   CASE WHEN m OPERATOR(pg_catalog.=) ANY ('{GET,HEAD}') THEN ':read' ELSE ':write' END;
+END
+$$;
+COMMENT ON FUNCTION apikeys._request_permission(text, text, boolean) IS
+	'Internal: the permission a request method and path need (NULL: any valid key), from the routes or the default';
+
+-- Authenticates the current PostgREST request for the permission its
+-- method and path need: what both pre-requests do.
+CREATE FUNCTION apikeys._authorize_request(seed boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	headers jsonb := COALESCE(NULLIF(pg_catalog.current_setting('request.headers', true), ''), '{}')::jsonb;
+	method text := COALESCE(NULLIF(pg_catalog.current_setting('request.method', true), ''), 'GET');
+	raw_path text := COALESCE(NULLIF(pg_catalog.current_setting('request.path', true), ''), '/');
+	path text := apikeys._url_path_decode(raw_path);
+BEGIN
+	IF path IS NULL THEN
+		RAISE EXCEPTION 'request path is not valid'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A percent escape in the path is malformed or does not decode to text.';
+	END IF;
+	PERFORM apikeys._authenticate(headers OPERATOR(pg_catalog.->>) 'x-api-key',
+								  apikeys._request_permission(method, path, seed),
+								  headers OPERATOR(pg_catalog.->>) 'x-forwarded-for');
+END
+$$;
+COMMENT ON FUNCTION apikeys._authorize_request(boolean) IS
+	'Internal: authenticates the current PostgREST request for the permission of its route (the seed API''s when seed)';
+
+CREATE FUNCTION apikeys._url_path_decode(path text) RETURNS text
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_url_path_decode';
+COMMENT ON FUNCTION apikeys._url_path_decode(text) IS
+	'Internal: a request path with %XX escapes decoded, as PostgREST decodes it; NULL if it does not decode to text';
+
+-- db-pre-request for any schema PostgREST serves: authenticates X-API-Key
+-- (client address from X-Forwarded-For, as for apikeys_api) for the
+-- permission of the request's route; PT401/PT403 otherwise.
+CREATE FUNCTION apikeys.pre_request() RETURNS void
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM apikeys._authorize_request(false);
+END
+$$;
+COMMENT ON FUNCTION apikeys.pre_request() IS
+	'PostgREST db-pre-request for your own schemas: authenticates X-API-Key for the permission of the request''s route (apikeys.routes, or <name>:read/<name>:write/<fn>:call)';
+
+------------------------------------------------------------------------------
 -- The HTTP API, served by PostgREST (db-schemas = apikeys_api,
 -- db-pre-request = apikeys_api.pre_request).  Every request authenticates
 -- with its X-API-Key header and acts on that key's owner only.
@@ -831,22 +1024,11 @@ RETURNS void
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	headers jsonb := COALESCE(NULLIF(pg_catalog.current_setting('request.headers', true), ''), '{}')::jsonb;
-	method text := pg_catalog.upper(COALESCE(NULLIF(pg_catalog.current_setting('request.method', true), ''), 'GET'));
-	path text := COALESCE(NULLIF(pg_catalog.current_setting('request.path', true), ''), '/');
-	permission text;
 BEGIN
-	-- key management needs api-keys:read to look and api-keys:write to change;
-	-- anything else (the credits check) needs only a valid key
-	IF path OPERATOR(pg_catalog.=) ANY ('{/rpc/create_key,/rpc/revoke_key}') THEN
-		permission := 'api-keys:write';
-	ELSIF path OPERATOR(pg_catalog.=) ANY ('{/rpc/list_keys,/rpc/analytics}') THEN
-		permission := CASE WHEN method OPERATOR(pg_catalog.=) ANY ('{GET,HEAD}')
-						   THEN 'api-keys:read' ELSE 'api-keys:write' END;
-	END IF;
-	PERFORM apikeys._authenticate(headers OPERATOR(pg_catalog.->>) 'x-api-key', permission,
-								  headers OPERATOR(pg_catalog.->>) 'x-forwarded-for');
+	-- the same machinery as apikeys.pre_request, with the seed API's routes:
+	-- key management needs api-keys:read to look and api-keys:write to
+	-- change; the credits check needs only a valid key
+	PERFORM apikeys._authorize_request(true);
 END
 $$;
 COMMENT ON FUNCTION apikeys_api.pre_request() IS
@@ -1015,7 +1197,7 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA apikeys FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA apikeys FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA apikeys_api FROM PUBLIC;
 
-GRANT USAGE ON SCHEMA apikeys TO apikeys_admin, apikeys_validator;
+GRANT USAGE ON SCHEMA apikeys TO apikeys_admin, apikeys_validator, apikeys_anon;
 GRANT USAGE ON SCHEMA apikeys_api TO apikeys_anon;
 
 GRANT EXECUTE ON FUNCTION
@@ -1030,6 +1212,15 @@ GRANT EXECUTE ON FUNCTION
 TO apikeys_admin;
 GRANT EXECUTE ON FUNCTION apikeys.apikey_validate(text, text, inet) TO apikeys_validator;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA apikeys_api TO apikeys_anon;
+-- Your own API: the request identity for row-level security, and the
+-- pre-request PostgREST runs as its anonymous role.
+GRANT EXECUTE ON FUNCTION
+	apikeys.current_key_id(), apikeys.current_owner(), apikeys.current_scope(),
+	apikeys.has_permission(text)
+TO apikeys_anon, apikeys_validator, apikeys_admin;
+GRANT EXECUTE ON FUNCTION apikeys.pre_request() TO apikeys_anon, apikeys_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON apikeys.routes TO apikeys_admin;
+
 
 -- Neither table holds key material: administrators manage scopes and read
 -- the audit trail directly.

@@ -55,10 +55,15 @@ SELECT k.kind,
 SELECT func AS public_may_execute FROM f
  WHERE has_function_privilege('public', oid, 'EXECUTE')
     OR has_function_privilege('regress_apikeys_nogrant', oid, 'EXECUTE') ORDER BY 1;
--- the validator: apikey_validate only
+-- the request identity of SPEC section 14, for row-level security policies
+CREATE TEMP TABLE identity_fn (func text);
+INSERT INTO identity_fn VALUES ('apikeys.current_key_id()'), ('apikeys.current_owner()'),
+	('apikeys.current_scope()'), ('apikeys.has_permission(text)');
+-- the validator: apikey_validate and the request identity only
 SELECT func AS validator_may_execute FROM f
  WHERE has_function_privilege('apikeys_validator', oid, 'EXECUTE')
-   AND func <> 'apikeys.apikey_validate(text,text,inet)' ORDER BY 1;
+   AND func <> 'apikeys.apikey_validate(text,text,inet)'
+   AND func NOT IN (SELECT func FROM identity_fn) ORDER BY 1;
 -- the admin: every apikeys function not marked internal (leading '_') and
 -- not a trigger function, and nothing else
 SELECT func AS admin_differs, has_function_privilege('apikeys_admin', oid, 'EXECUTE') AS may_execute
@@ -67,14 +72,17 @@ SELECT func AS admin_differs, has_function_privilege('apikeys_admin', oid, 'EXEC
    AND has_function_privilege('apikeys_admin', oid, 'EXECUTE')
        IS DISTINCT FROM (func NOT LIKE 'apikeys.\_%' AND NOT is_trigger)
  ORDER BY 1;
--- anon: nothing outside apikeys_api
+-- anon: nothing outside apikeys_api but the request identity and the
+-- generic pre-request (PostgREST runs it as its anonymous role)
 SELECT func AS anon_may_execute_outside_api FROM f
- WHERE nspname <> 'apikeys_api' AND has_function_privilege('apikeys_anon', oid, 'EXECUTE') ORDER BY 1;
+ WHERE nspname <> 'apikeys_api' AND has_function_privilege('apikeys_anon', oid, 'EXECUTE')
+   AND func NOT IN (SELECT func FROM identity_fn) AND func <> 'apikeys.pre_request()' ORDER BY 1;
 -- no SECURITY DEFINER function is executable by anyone but the admin (and,
--- in apikeys_api, anon)
+-- in apikeys_api and the generic pre-request, anon)
 SELECT f.func AS definer_reachable, r.label FROM f, r
  WHERE f.prosecdef AND has_function_privilege(r.role, f.oid, 'EXECUTE')
-   AND NOT (r.label = 'admin' OR (r.label = 'anon' AND f.nspname = 'apikeys_api'))
+   AND NOT (r.label = 'admin' OR (r.label = 'anon' AND
+			(f.nspname = 'apikeys_api' OR f.func = 'apikeys.pre_request()')))
  ORDER BY 1, 2;
 -- ACLs name no role outside these three (and the owner)
 SELECT DISTINCT f.func AS granted_elsewhere, g.grantee::regrole
@@ -135,7 +143,7 @@ SELECT a.rolname, rel.relname, p.priv
    AND a.oid <> (SELECT relowner FROM pg_class WHERE oid = 'apikeys.keys'::regclass)
    AND rel.relkind <> 'S'
    AND has_table_privilege(a.oid, rel.oid, p.priv)
-   AND NOT (a.rolname = 'apikeys_admin' AND rel.relname = 'scopes' AND p.priv <> 'TRUNCATE')
+   AND NOT (a.rolname = 'apikeys_admin' AND rel.relname IN ('scopes', 'routes') AND p.priv <> 'TRUNCATE')
    AND NOT (a.rolname = 'apikeys_admin' AND rel.relname = 'audit' AND p.priv = 'SELECT')
  ORDER BY 1, 2, 3;
 

@@ -27,6 +27,7 @@
 #include "utils/builtins.h"
 #include "utils/elog.h"
 #include "utils/inet.h"
+#include "mb/pg_wchar.h"
 #include "utils/memutils.h"
 
 #include "guc.h"
@@ -55,6 +56,7 @@ PG_FUNCTION_INFO_V1(apikeys_auth_key_id);
 PG_FUNCTION_INFO_V1(apikeys_auth_owner);
 PG_FUNCTION_INFO_V1(apikeys_auth_scope);
 PG_FUNCTION_INFO_V1(apikeys_auth_has_permission);
+PG_FUNCTION_INFO_V1(apikeys_url_path_decode);
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
@@ -284,4 +286,53 @@ identity_install_log_hook(void)
 {
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = refusal_log_hook;
+}
+
+/* The value of hex digit c, or -1. */
+static int
+hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * apikeys._url_path_decode(path): the path with %XX escapes decoded, as
+ * PostgREST decodes it before it picks the table or function; NULL if an
+ * escape is malformed, or the result is not valid in the database encoding
+ * or holds a NUL.  Routes are matched against what PostgREST will serve.
+ */
+Datum
+apikeys_url_path_decode(PG_FUNCTION_ARGS)
+{
+	text	   *in = PG_GETARG_TEXT_PP(0);
+	const char *s = VARDATA_ANY(in);
+	int			len = VARSIZE_ANY_EXHDR(in);
+	char	   *out = palloc(len + 1);
+	int			n = 0;
+
+	for (int i = 0; i < len; i++)
+	{
+		if (s[i] == '%')
+		{
+			int			hi = (i + 2 < len) ? hex_value(s[i + 1]) : -1;
+			int			lo = (i + 2 < len) ? hex_value(s[i + 2]) : -1;
+
+			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+				PG_RETURN_NULL();
+			out[n++] = (char) (hi * 16 + lo);
+			i += 2;
+		}
+		else
+			out[n++] = s[i];
+	}
+	out[n] = '\0';
+	if (!pg_verifymbstr(out, n, true))
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(out, n));
 }
