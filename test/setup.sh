@@ -4,7 +4,8 @@
 #
 # Idempotent. Installs only what is missing (PostgreSQL 15 server, its PGXS dev
 # files, IPC::Run for the TAP tests, libfaketime for the TAP test that crosses
-# midnight, a compiler; curl, jq, nginx and PostgREST for the HTTP suite, the
+# midnight, pgbouncer for the HTTP suite's transaction pooling pass
+# (test/http/todo.sh), a compiler; curl, jq, nginx and PostgREST for the HTTP suite, the
 # demo and the benchmarks, through test/lib.sh), running `apt-get update` at
 # most once and only when something has to be installed.  This is the one
 # place `make test` and `make demo` install from. Works as root, or as a user with passwordless
@@ -55,7 +56,7 @@ is_installed() {
 # missing_packages -- print the packages this project needs that are absent.
 missing_packages() {
 	local pkg
-	for pkg in postgresql-15 postgresql-server-dev-15 libipc-run-perl libio-pty-perl perl clang libclang-rt-14-dev faketime; do
+	for pkg in postgresql-15 postgresql-server-dev-15 libipc-run-perl libio-pty-perl perl clang libclang-rt-14-dev faketime pgbouncer; do
 		is_installed "$pkg" || echo "$pkg"
 	done
 	if ! command -v gcc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then

@@ -24,7 +24,11 @@
 # hot ones; 5 PostgREST GET with the key check vs the same GET anonymous,
 # through nginx (5b: vs an anonymous twin with a no-op db-pre-request, report
 # only); 6 apikey_analytics with 100x other owners' usage rows vs none; 7
-# apikey_create in bulk vs a plain INSERT (report only).
+# apikey_create in bulk vs a plain INSERT (report only); 8 (issue 16) a
+# PostgREST GET of your own table, examples/todo (apikeys.pre_request and a
+# row-level security policy by apikeys.current_owner()), vs the same GET of
+# an anonymous twin table (no pre-request, no RLS, the owner as a filter in
+# the query string: the same rows and JSON), through nginx.
 #
 # Data:
 #   bench            10,000 keys made by apikey_create (10 per owner); the
@@ -44,8 +48,8 @@
 #   BENCH_ROUNDS=5       rounds per group (figure 7: at most 3)
 #   BENCH_WARMUP=1       seconds of warm-up per variant (0: none)
 #   BENCH_BIG_KEYS=1000000  size of the big key set
-#   BENCH_FIGURES="1 2 3 4 5 6 7"  the figures to measure (others are not loaded)
-#   BENCH_SKIP_HTTP=1    skip figure 5 (reported as n/a)
+#   BENCH_FIGURES="1 2 3 4 5 6 7 8"  the figures to measure (others are not loaded)
+#   BENCH_SKIP_HTTP=1    skip figures 5 and 8 (reported as n/a)
 #   SKIP_SETUP=1         do not run test/setup.sh (already built and installed)
 #   KEEP_BENCH_DIR=1     keep the scratch directory (logs, scripts)
 #   POSTGREST=path       a PostgREST 12 binary to use instead of fetching one
@@ -74,11 +78,13 @@ CLIENTS=4
 THREADS=2
 WRK_ARGS=(-t2 -c8)
 BULK_ROWS=20000         # figure 7
-FIGURES=${BENCH_FIGURES:-1 2 3 4 5 6 7}
+FIGURES=${BENCH_FIGURES:-1 2 3 4 5 6 7 8}
 
 SCRATCH=""
 NGINX_PID=""
 PGRST_PIDS=()
+TODO_NGINX_PID=""
+TODO_PGRST_PIDS=()
 SUITE_ERRORS=0
 START_TIME=$(date +%s)
 
@@ -739,6 +745,131 @@ EOF
 	V_DESC[http_noop]="the anonymous GET with a db-pre-request that does nothing (PostgREST's own cost of one)"
 }
 
+# ---------------------------------------------------------------- HTTP (figure 8)
+
+TODO_REASON=""
+TODO_OWNER=todo_bench_owner
+
+# stop_todo_http -- stop figure 8's PostgREST instances and nginx.
+stop_todo_http() {
+	local pid
+	for pid in "${TODO_PGRST_PIDS[@]}"; do stop_pid postgrest "$pid" TERM; done
+	stop_pid nginx "$TODO_NGINX_PID" QUIT
+}
+
+# start_todo_http -- figure 8: examples/todo (schema, PostgREST config, nginx
+# server block) in the bench database, 10,000 to-dos of 1,001 owners (10 of
+# the keyed owner's), and an anonymous twin: schema todo_twin with a copy of
+# the table, no RLS, served by a second PostgREST without a pre-request
+# behind a location of the same server block.  False, with TODO_REASON, if
+# impossible.
+start_todo_http() {
+	local d=$SCRATCH/todo ex=$REPO/examples/todo
+	if ! install_http_tools; then
+		TODO_REASON=$HTTP_REASON
+		return 1
+	fi
+	if ! psql_db bench -c "SET client_min_messages = warning" -f "$ex/schema.sql" >"$SCRATCH/logs/todo-schema.log" 2>&1 ||
+		! psql_db bench >>"$SCRATCH/logs/todo-schema.log" 2>&1 <<SQL; then
+SET synchronous_commit = off;
+INSERT INTO todo.todos (owner, title, done)
+SELECT CASE WHEN g <= 10 THEN '$TODO_OWNER' ELSE 'owner_' || (g % 1000) END, 'to-do number ' || g, g % 3 = 0
+  FROM generate_series(1, 10000) AS g;
+CREATE SCHEMA todo_twin;
+CREATE TABLE todo_twin.todos (LIKE todo.todos INCLUDING ALL);
+INSERT INTO todo_twin.todos OVERRIDING SYSTEM VALUE SELECT * FROM todo.todos;
+CREATE ROLE todo_twin_anon NOLOGIN;
+GRANT USAGE ON SCHEMA todo_twin TO todo_twin_anon;
+GRANT SELECT ON todo_twin.todos TO todo_twin_anon;
+GRANT todo_twin_anon TO todo_authenticator;
+VACUUM ANALYZE todo.todos;
+VACUUM ANALYZE todo_twin.todos;
+SQL
+		TODO_REASON="loading examples/todo/schema.sql and the rows failed: $(tail -n 3 "$SCRATCH/logs/todo-schema.log" | tr '\n' ' ')"
+		return 1
+	fi
+	local key
+	key=$(sql_value bench "SELECT key FROM apikeys.apikey_create('$TODO_OWNER', 'todo bench', scope => 'read-only')") ||
+		{ TODO_REASON="apikey_create failed"; return 1; }
+
+	mkdir -p "$d/tmp"
+	own_by_pg "$d"
+	local keyed_port twin_port nginx_port
+	keyed_port=$(free_port 18490)
+	twin_port=$(free_port $((keyed_port + 1)))
+	nginx_port=$(free_port $((twin_port + 1)))
+	local uri="postgres://todo_authenticator@/bench?host=$SCRATCH&port=$PORT"
+	# The keyed instance: examples/todo/postgrest.conf with this cluster and port.
+	sed -E -e "s|^db-uri *=.*|db-uri = \"${uri//&/\\&}\"|" -e "s|^server-port *=.*|server-port = $keyed_port|" \
+		-e "s|^db-channel-enabled *=.*|db-channel-enabled = false|" "$ex/postgrest.conf" >"$d/keyed.conf"
+	# The twin: the same settings, its own schema and anon role, no pre-request.
+	sed -E -e 's|^db-schemas *=.*|db-schemas = "todo_twin"|' -e 's|^db-anon-role *=.*|db-anon-role = "todo_twin_anon"|' \
+		-e '/^db-pre-request/d' -e "s|^server-port *=.*|server-port = $twin_port|" "$d/keyed.conf" >"$d/twin.conf"
+	if ! grep -q '^db-pre-request = "apikeys.pre_request"' "$d/keyed.conf" || grep -q '^db-pre-request' "$d/twin.conf"; then
+		TODO_REASON="examples/todo/postgrest.conf does not have the expected db-pre-request line"
+		return 1
+	fi
+	at_exit stop_todo_http
+	local twin
+	for twin in keyed twin; do
+		"$POSTGREST_BIN" "$d/$twin.conf" >"$SCRATCH/logs/postgrest-todo-$twin.log" 2>&1 &
+		TODO_PGRST_PIDS+=($!)
+	done
+	# nginx: examples/todo/nginx.conf with these ports, plus one location for
+	# the twin, filtered and proxied the same way.
+	local loc="    location = /bench/twin/todos {
+        if (\$todo_args_ok = 0) {
+            rewrite ^ /_todo/bad-query last;
+        }
+        rewrite ^ /todos break;
+        proxy_pass http://127.0.0.1:$twin_port;
+    }
+"
+	sed -e "s/127\.0\.0\.1:8081\([^0-9]\)/127.0.0.1:$nginx_port\1/g" \
+		-e "s/127\.0\.0\.1:3001\([^0-9]\)/127.0.0.1:$keyed_port\1/g" "$ex/nginx.conf" |
+		awk -v loc="$loc" '{ l[NR] = $0 } /^}/ { last = NR }
+			END { for (i = 1; i <= NR; i++) { if (i == last) printf "%s", loc; print l[i] } }' >"$d/site.conf"
+	local -a opts=(workers=auto connections=1024 access_log=off)
+	[[ $EUID -eq 0 ]] && opts+=("user=$PG_USER")
+	nginx_main_conf "$d" "$d/site.conf" "${opts[@]}"
+	if ! (nginx_exec "$d" -t -q) >"$SCRATCH/logs/nginx-todo-t.log" 2>&1; then
+		TODO_REASON="nginx rejected the generated config: $(tr '\n' ' ' <"$SCRATCH/logs/nginx-todo-t.log")"
+		return 1
+	fi
+	nginx_exec "$d" >"$SCRATCH/logs/nginx-todo.log" 2>&1 &
+	TODO_NGINX_PID=$!
+
+	local base=http://127.0.0.1:$nginx_port q='select=id,title,done&order=id'
+	local keyed_url="$base/todos?$q" anon_url="$base/bench/twin/todos?$q&owner=eq.$TODO_OWNER"
+	if ! wait_http "$keyed_url" "X-API-Key: $key" 30; then
+		TODO_REASON="no 200 from $keyed_url with the key: $(curl -s -H "X-API-Key: $key" "$keyed_url" | head -c 300); PostgREST log: $(tail -n 3 "$SCRATCH/logs/postgrest-todo-keyed.log" | tr '\n' ' ')"
+		return 1
+	fi
+	if ! wait_http "$anon_url" "X-Bench: 1" 30; then
+		TODO_REASON="no 200 from $anon_url: $(curl -s "$anon_url" | head -c 300)"
+		return 1
+	fi
+	local code keyed_body anon_body
+	code=$(curl -s -o /dev/null -w '%{http_code}' "$keyed_url")
+	[[ $code == 401 ]] || { TODO_REASON="$keyed_url without a key answered $code, not 401"; return 1; }
+	keyed_body=$(curl -s -H "X-API-Key: $key" "$keyed_url")
+	anon_body=$(curl -s "$anon_url")
+	if [[ $keyed_body != "$anon_body" || $(grep -o '"id"' <<<"$keyed_body" | wc -l) != 10 ]]; then
+		TODO_REASON="the keyed and the anonymous GET differ or do not hold 10 rows: $(head -c 200 <<<"$keyed_body") / $(head -c 200 <<<"$anon_body")"
+		return 1
+	fi
+	say "keyed and anonymous GET answer the same 10 rows: $(head -c 100 <<<"$keyed_body")..."
+
+	V_KIND[todo_key]=wrk
+	V_URL[todo_key]=$keyed_url
+	V_HDR[todo_key]="X-API-Key: $key"
+	V_DESC[todo_key]="GET /todos?$q with a read-only X-API-Key: nginx -> PostgREST with apikeys.pre_request, RLS owner = apikeys.current_owner()"
+	V_KIND[todo_anon]=wrk
+	V_URL[todo_anon]=$anon_url
+	V_HDR[todo_anon]="X-Bench: anonymous"
+	V_DESC[todo_anon]="the same GET of the twin table, anonymous: no pre-request, no RLS, &owner=eq.$TODO_OWNER"
+}
+
 # ---------------------------------------------------------------- figure 7
 
 # bulk_time DB SQL -- seconds SQL takes (psql's \timing), nothing on failure.
@@ -803,7 +934,7 @@ want() { [[ " $FIGURES " == *" $1 "* ]]; }
 main() {
 	local f
 	for f in $FIGURES; do
-		[[ $f =~ ^[1-7]$ ]] || die "BENCH_FIGURES: unknown figure '$f' (1 to 7)"
+		[[ $f =~ ^[1-8]$ ]] || die "BENCH_FIGURES: unknown figure '$f' (1 to 8)"
 	done
 	trap_exit
 	trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
@@ -911,6 +1042,18 @@ $lookup")" "the same script with i = random(1, 8): 8 hot keys"
 		phase "figure 7: apikey_create in bulk vs plain INSERT"
 		bench_create || suite_error "figure 7 could not be set up"
 	fi
+
+	local todo_http=no
+	if want 8; then
+		phase "figure 8: own table, key + RLS vs anonymous"
+		if [[ ${BENCH_SKIP_HTTP:-0} == 1 ]]; then
+			TODO_REASON="skipped (BENCH_SKIP_HTTP=1)"
+		elif start_todo_http; then
+			todo_http=yes
+			run_group "figure 8" todo_key todo_anon
+		fi
+		[[ $todo_http == yes ]] || warn "figure 8 not measured: $TODO_REASON"
+	fi
 	phase_end
 
 	want 1 && figure 1 "apikey_validate vs SELECT 1 (8 hot keys)" validate select1 ratio ">=" 0.90 tps
@@ -926,10 +1069,16 @@ $lookup")" "the same script with i = random(1, 8): 8 hot keys"
 	fi
 	want 6 && figure 6 "analytics cost, 100x others' rows vs none" an_crowded an_alone cost "<=" 1.2 tps
 	want 7 && figure 7 "apikey_create bulk vs plain INSERT" create plain ratio ">=" report rows/s
+	if want 8 && [[ $todo_http == yes ]]; then
+		figure 8 "PostgREST GET own table: key+RLS vs anon" todo_key todo_anon ratio ">=" 0.85 req/s
+	elif want 8; then
+		figure_na 8 "PostgREST GET own table: key+RLS vs anon" ">= 0.85" "$TODO_REASON"
+	fi
 	NOTES+=("ratio: measured / baseline, except 3 and 6 (cost per call: baseline tps / measured tps)")
 	want 4 && NOTES+=("4: both sides run '\\set i random(1, N)' + validate((SELECT key FROM bench_keys WHERE i = :i)); the lookup is on both sides and cancels")
 	want 5 && NOTES+=("5: the anonymous twin reads the same keys row and builds the same JSON as apikeys_api.credits(), without the key check")
 	want 5 && NOTES+=("5b: baseline = the anonymous twin with a db-pre-request that does nothing: what is left is apikeys' own part of the gap")
+	want 8 && NOTES+=("8: examples/todo as shipped (apikeys.pre_request, RLS by apikeys.current_owner()), a read-only key, 10 of 10,000 rows; the twin: the same rows, no RLS, no pre-request, ?owner=eq.<owner> instead")
 	want 7 && NOTES+=("7: apikey_create also writes an audit row and checks the scope; the plain table has the same indexes, no FK, no audit")
 	print_table
 
