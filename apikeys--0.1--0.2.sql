@@ -648,7 +648,8 @@ COMMENT ON FUNCTION apikeys._path_matches(text, text) IS
 -- The permission a request needs (NULL: any valid key).  The most specific
 -- matching route wins: the one with a literal segment where the others
 -- have "*", at the leftmost segment where they differ; among equally
--- specific paths, an exact method before "*".  With no route: GET and
+-- specific paths, an exact method before "*" (a GET route also covers
+-- HEAD, unless a HEAD route is given).  With no route: GET and
 -- HEAD of /<name>... need <name>:read, other methods <name>:write;
 -- /rpc/<fn> needs <fn>:call; / (the API description) any valid key.  The
 -- seed API (apikeys_api) brings its own routes instead of the table.
@@ -681,12 +682,13 @@ BEGIN
 	ELSE
 		SELECT true, r.permission INTO found_route, perm
 		  FROM apikeys.routes AS r
-		 WHERE (r.method OPERATOR(pg_catalog.=) '*' OR r.method OPERATOR(pg_catalog.=) m)
+		 WHERE (r.method OPERATOR(pg_catalog.=) ANY (ARRAY['*', m])
+				OR (m OPERATOR(pg_catalog.=) 'HEAD' AND r.method OPERATOR(pg_catalog.=) 'GET'))
 		   AND apikeys._path_matches(r.path, _request_permission.path)
 		 ORDER BY pg_catalog.array_to_string(ARRAY(
 					 SELECT CASE WHEN s OPERATOR(pg_catalog.=) '*' THEN '0' ELSE '1' END
 					   FROM pg_catalog.unnest(pg_catalog.string_to_array(r.path, '/')) AS s), '') DESC,
-				  r.method OPERATOR(pg_catalog.=) '*'
+				  CASE r.method WHEN m THEN 0 WHEN 'GET' THEN 1 ELSE 2 END
 		 LIMIT 1;
 	END IF;
 	IF found_route THEN
@@ -717,6 +719,8 @@ DECLARE
 	raw_path text := COALESCE(NULLIF(pg_catalog.current_setting('request.path', true), ''), '/');
 	path text := apikeys._url_path_decode(raw_path);
 BEGIN
+	-- PostgREST serves "todos" (no leading slash) as "/todos": match it so
+	path := '/' OPERATOR(pg_catalog.||) pg_catalog.ltrim(path, '/');
 	IF path IS NULL THEN
 		RAISE EXCEPTION 'request path is not valid'
 			USING ERRCODE = 'invalid_parameter_value',

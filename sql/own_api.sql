@@ -72,6 +72,15 @@ INSERT INTO apikeys.routes (method, path, permission) VALUES
 SELECT m AS method, p AS path, apikeys._request_permission(m, p, false) AS needs
   FROM (VALUES ('GET', '/reports'), ('DELETE', '/reports'), ('POST', '/rpc/archive'),
                ('POST', '/rpc/other'), ('GET', '/public'), ('POST', '/public')) AS v(m, p);
+-- a GET route covers HEAD too (a HEAD would answer the same rows' count)
+SELECT apikeys._request_permission('HEAD', '/public', false) IS NULL AS head_follows_get,
+       apikeys._request_permission('HEAD', '/reports', false) AS head_of_reports;
+-- a path without its leading slash (PostgREST serves "reports" as
+-- "/reports") is matched like one with it
+BEGIN;
+SELECT regress.outcome(format('SELECT pg_temp.request(%L, %L, %L)', :'kb', 'DELETE', 'reports'))
+       AS no_leading_slash;
+ROLLBACK;
 -- a path with an encoded character is matched as PostgREST decodes it
 BEGIN;
 SELECT regress.outcome(format('SELECT pg_temp.request(%L, %L, %L)', :'kb', 'POST', '/rpc/arch%69ve'))

@@ -567,6 +567,13 @@ EOT
 	expect "headers that are not UTF-8 (X-Trace, Prefer) stay at nginx -> 200" 200 array
 	req GET /todos -H "X-API-Key: $ALICE" -H $'X-Forwarded-For: 10.0.0.1, caf\xe9' -H $'Host: caf\xe9'
 	expect "X-Forwarded-For and Host that are not UTF-8 -> 200" 200 array
+	req GET '/todos?limit=1' -H "X-API-Key: $ALICE" -H "Prefer: count=planned"
+	expect "Prefer: count=planned stays at nginx (the planner's count would include other owners' rows)" 200 array
+	if grep -qiE '^content-range: [0-9*-]+/\*' "$S/headers"; then
+		ok "... the answer carries no count"
+	else
+		not_ok "... the answer carries no count" "headers: $(tr '\r\n' '  ' <"$S/headers")"
+	fi
 	req GET /todos -H $'X-API-Key: cl\xe9\xff'
 	expect "an X-API-Key that is not UTF-8 -> 401 at nginx" 401 E401
 	bytes=$(sql "SELECT count(*) FROM todo.todos")
@@ -590,6 +597,12 @@ direct_path_checks() {
 			*) not_ok "route DELETE /todos holds on PostgREST directly for DELETE $p" "got $CODE: $(body_excerpt)" ;;
 		esac
 	done
+	# a request target without the leading slash, which PostgREST serves as /todos
+	LAST="DELETE todos (request target without /)"
+	CODE=$(curl -sS --max-time 10 -o "$S/body" -D "$S/headers" -w '%{http_code}' -X DELETE \
+		--request-target 'todos?id=eq.0' -H "X-API-Key: $ALICE_EDITOR" \
+		"http://127.0.0.1:$PGRST_PORT/" 2>"$S/curl.err") || CODE=000
+	expect "route DELETE /todos holds on PostgREST directly for a request target without its leading slash -> 403" 403 E403
 	sql "DELETE FROM apikeys.routes" >/dev/null
 }
 
