@@ -29,6 +29,8 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=test/lib.sh
 source "$ROOT/test/lib.sh"
+# shellcheck source=test/http/checks.sh
+source "$ROOT/test/http/checks.sh"
 DB=apikeys_http
 
 PASS=0
@@ -38,28 +40,6 @@ PGRST_PID="" NGINX_PID=""
 CODE="" LAST=""    # status and "METHOD PATH" of the last request
 
 # ---------------------------------------------------------------- reporting
-
-ok() {
-	PASS=$((PASS + 1))
-	echo "ok - $1"
-}
-
-# not_ok DESC [DETAIL...] -- a failed check, with detail lines.
-not_ok() {
-	FAIL=$((FAIL + 1))
-	echo "not ok - $1"
-	shift
-	local line
-	for line in "$@"; do echo "#   $line"; done
-}
-
-# bail DESC [DETAIL...] -- a set-up step failed: count it and stop.
-bail() {
-	not_ok "$@"
-	exit 1
-}
-
-body_excerpt() { head -c 800 "$S/body" 2>/dev/null | tr '\n' ' '; }
 
 # finish -- the last clean-up: the closing line and the exit status.
 finish() {
@@ -99,141 +79,8 @@ sql() {
 	psql_at "$SOCK" "$PGPORT_" "$DB" -A -t "${cmds[@]}"
 }
 
-# req METHOD PATH [CURL ARGS...] -- one request through nginx; sets CODE,
-# LAST, and the files $S/body and $S/headers.
-req() {
-	local method=$1 path=$2
-	shift 2
-	local -a how=(-X "$method")
-	[[ $method == HEAD ]] && how=(--head) # -X HEAD would wait for a body
-	LAST="$method $path"
-	CODE=$(curl -sS --max-time 10 -o "$S/body" -D "$S/headers" -w '%{http_code}' \
-		"${how[@]}" "$BASE$path" "$@" 2>"$S/curl.err") || CODE="000 ($(head -c 200 "$S/curl.err"))"
-}
-
-# The error body PostgREST sends: {code,message,details,hint}.
-ERR='type == "object" and (keys | sort) == ["code","details","hint","message"]'
 CREATE_FIELDS='["createdAt","expiresAt","id","ipRestrictions","key","name","prefix","scope","warning"]'
 LIST_FIELDS='["createdAt","expiresAt","id","ipRestrictions","isRevoked","lastUsedAt","name","prefix","scope"]'
-
-# expect DESC STATUS [CHECK...] -- the last response had STATUS and every
-# CHECK holds: "no-body" (the body is empty), ERR, object, array (shorthands)
-# or a jq filter that is true of the body.
-expect() {
-	local desc=$1 want=$2 f
-	shift 2
-	if [[ $CODE != "$want" ]]; then
-		not_ok "$desc" "$LAST: got $CODE, expected $want" "body: $(body_excerpt)"
-		return 1
-	fi
-	for f in "$@"; do
-		case $f in
-			no-body)
-				if [[ -s $S/body ]]; then
-					not_ok "$desc" "$LAST: $CODE, but the body is not empty" "body: $(body_excerpt)"
-					return 1
-				fi
-				continue
-				;;
-			ERR) f=$ERR ;;
-			object | array) f="type == \"$f\"" ;;
-		esac
-		if ! jq -e "$f" "$S/body" >/dev/null 2>&1; then
-			not_ok "$desc" "$LAST: $CODE, but this is not true of the body: $f" "body: $(body_excerpt)"
-			return 1
-		fi
-	done
-	ok "$desc"
-}
-
-# expect_header DESC REGEX -- a header line of the last response matches
-# REGEX (case-insensitive).
-expect_header() {
-	if grep -qiE "$2" "$S/headers"; then
-		ok "$1"
-	else
-		not_ok "$1" "$LAST: no header matching /$2/" "headers: $(tr '\r\n' '  ' <"$S/headers")"
-	fi
-}
-
-# expect_sql DESC GOT WANT -- a value read with sql() is WANT.
-expect_sql() {
-	if [[ $2 == "$3" ]]; then
-		ok "$1"
-	else
-		not_ok "$1" "got '$2', expected '$3'"
-	fi
-}
-
-trim() {
-	local s=$1
-	s=${s#"${s%%[![:space:]]*}"}
-	printf '%s\n' "${s%"${s##*[![:space:]]}"}"
-}
-
-# run_table -- one request and one check per row of the table on stdin
-# (blank lines and lines starting with # are skipped). A row is
-#
-#   METHOD | PATH | KEY | BODY | STATUS | DESCRIPTION | CHECK
-#
-#   KEY     - (no header), the name of a variable holding a key (sent as
-#           X-API-Key), or a raw "Name: value" header; several joined by ", "
-#   BODY    - (none); (empty): Content-Type application/json and no body;
-#           form:TEXT: -d TEXT with curl's own Content-Type; else JSON text,
-#           sent as application/json
-#   CHECK   - (the status alone), or checks as `expect` takes them, joined
-#           by " && " (the last column: it may hold "|")
-#
-# METHOD "same" checks the previous response again (STATUS, CHECK); METHOD
-# "header" checks that a header line of the previous response matches the
-# regex in PATH.
-run_table() {
-	local -a rows args checks
-	local row method path key body status desc check item
-	mapfile -t rows
-	for row in "${rows[@]}"; do
-		[[ $row =~ ^[[:space:]]*(#|$) ]] && continue
-		IFS='|' read -r method path key body status desc check <<<"$row"
-		method=$(trim "$method") path=$(trim "$path") key=$(trim "$key") body=$(trim "$body")
-		status=$(trim "$status") desc=$(trim "$desc") check=$(trim "$check")
-		case $method in
-			header)
-				expect_header "$desc" "$path"
-				continue
-				;;
-			same) ;;
-			*)
-				args=()
-				if [[ $key != - ]]; then
-					while IFS= read -r item; do
-						item=$(trim "$item")
-						if [[ $item =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
-							args+=(-H "X-API-Key: ${!item}")
-						else
-							args+=(-H "$item")
-						fi
-					done < <(tr ',' '\n' <<<"$key")
-				fi
-				case $body in
-					-) ;;
-					'(empty)') args+=(-H "Content-Type: application/json") ;;
-					form:*) args+=(-d "${body#form:}") ;;
-					*) args+=(-H "Content-Type: application/json" -d "$body") ;;
-				esac
-				req "$method" "$path" "${args[@]}"
-				;;
-		esac
-		checks=()
-		if [[ $check != - ]]; then
-			while [[ $check == *' && '* ]]; do
-				checks+=("${check%%' && '*}")
-				check=${check#*' && '}
-			done
-			checks+=("$check")
-		fi
-		expect "$desc" "$status" "${checks[@]}"
-	done
-}
 
 # key_of FIELD -- FIELD (key, id) of the last response's JSON object.
 key_of() { jq -r ".$1 // empty" "$S/body"; }

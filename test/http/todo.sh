@@ -39,6 +39,8 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=test/lib.sh
 source "$ROOT/test/lib.sh"
+# shellcheck source=test/http/checks.sh
+source "$ROOT/test/http/checks.sh"
 DB=todo
 EX=$ROOT/examples/todo
 
@@ -51,24 +53,6 @@ MODE=direct   # or pgbouncer: prefixes the check descriptions
 T0=$(date +%s)
 
 # ---------------------------------------------------------------- reporting
-
-tag() { [[ $MODE == pgbouncer ]] && echo "[pgbouncer] $1" || echo "$1"; }
-ok() {
-	PASS=$((PASS + 1))
-	echo "ok - $(tag "$1")"
-}
-not_ok() {
-	FAIL=$((FAIL + 1))
-	echo "not ok - $(tag "$1")"
-	shift
-	local line
-	for line in "$@"; do echo "#   $line"; done
-}
-bail() {
-	not_ok "$@"
-	exit 1
-}
-body_excerpt() { head -c 800 "$S/body" 2>/dev/null | tr '\n' ' '; }
 
 finish() {
 	[[ $EXIT_STATUS -ne 0 && $FAIL -eq 0 ]] && FAIL=1
@@ -132,127 +116,6 @@ sql() {
 
 # req METHOD PATH [CURL ARGS...] -- one request through nginx (or to $TARGET
 # when set); sets CODE, LAST, $S/body and $S/headers.
-req() {
-	local method=$1 path=$2
-	shift 2
-	local -a how=(-X "$method")
-	[[ $method == HEAD ]] && how=(--head)
-	LAST="$method $path"
-	CODE=$(curl -sS --max-time 10 -o "$S/body" -D "$S/headers" -w '%{http_code}' \
-		"${how[@]}" "${TARGET:-$BASE}$path" "$@" 2>"$S/curl.err") || CODE="000 ($(head -c 200 "$S/curl.err"))"
-}
-
-# PostgREST's error body, and the refusals of apikeys in it.
-ERR='type == "object" and (keys | sort) == ["code","details","hint","message"]'
-E401="$ERR and .code == \"PT401\""
-E403="$ERR and .code == \"PT403\""
-
-expect() {
-	local desc=$1 want=$2 f
-	shift 2
-	if [[ $CODE != "$want" ]]; then
-		not_ok "$desc" "$LAST: got $CODE, expected $want" "body: $(body_excerpt)"
-		return 1
-	fi
-	for f in "$@"; do
-		case $f in
-			no-body)
-				if [[ -s $S/body ]]; then
-					not_ok "$desc" "$LAST: $CODE, but the body is not empty" "body: $(body_excerpt)"
-					return 1
-				fi
-				continue
-				;;
-			ERR) f=$ERR ;;
-			E401) f=$E401 ;;
-			E403) f=$E403 ;;
-			object | array) f="type == \"$f\"" ;;
-		esac
-		if ! jq -e "$f" "$S/body" >/dev/null 2>&1; then
-			not_ok "$desc" "$LAST: $CODE, but this is not true of the body: $f" "body: $(body_excerpt)"
-			return 1
-		fi
-	done
-	ok "$desc"
-}
-
-expect_header() {
-	if grep -qiE "$2" "$S/headers"; then
-		ok "$1"
-	else
-		not_ok "$1" "$LAST: no header matching /$2/" "headers: $(tr '\r\n' '  ' <"$S/headers")"
-	fi
-}
-
-expect_sql() {
-	if [[ $2 == "$3" ]]; then
-		ok "$1"
-	else
-		not_ok "$1" "got '$2', expected '$3'"
-	fi
-}
-
-trim() {
-	local s=$1
-	s=${s#"${s%%[![:space:]]*}"}
-	printf '%s\n' "${s%"${s##*[![:space:]]}"}"
-}
-
-# run_table -- one request and one check per row, as in test/http/run.sh:
-#
-#   METHOD | PATH | KEY | BODY | STATUS | DESCRIPTION | CHECK
-#
-#   KEY     - (no header), the name of a variable holding a key (sent as
-#           X-API-Key), or a raw "Name: value" header; several joined by ", "
-#   BODY    - (none), or JSON text (sent as application/json)
-#   CHECK   - (the status alone), or checks as `expect` takes them, joined
-#           by " && "
-#
-# METHOD "same" checks the previous response again; "header" checks that a
-# header line of the previous response matches the regex in PATH.
-run_table() {
-	local -a rows args checks
-	local row method path key body status desc check item
-	mapfile -t rows
-	for row in "${rows[@]}"; do
-		[[ $row =~ ^[[:space:]]*(#|$) ]] && continue
-		IFS='|' read -r method path key body status desc check <<<"$row"
-		method=$(trim "$method") path=$(trim "$path") key=$(trim "$key") body=$(trim "$body")
-		status=$(trim "$status") desc=$(trim "$desc") check=$(trim "$check")
-		case $method in
-			header)
-				expect_header "$desc" "$path"
-				continue
-				;;
-			same) ;;
-			*)
-				args=()
-				if [[ $key != - ]]; then
-					while IFS= read -r item; do
-						item=$(trim "$item")
-						if [[ $item =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
-							args+=(-H "X-API-Key: ${!item}")
-						else
-							args+=(-H "$item")
-						fi
-					done < <(tr ',' '\n' <<<"$key")
-				fi
-				[[ $body != - ]] && args+=(-H "Content-Type: application/json" -d "$body")
-				req "$method" "$path" "${args[@]}"
-				;;
-		esac
-		checks=()
-		if [[ $check != - ]]; then
-			while [[ $check == *' && '* ]]; do
-				checks+=("${check%%' && '*}")
-				check=${check#*' && '}
-			done
-			checks+=("$check")
-		fi
-		expect "$desc" "$status" "${checks[@]}"
-	done
-}
-
 # ---------------------------------------------------------------- set-up
 
 cd "$ROOT" || exit 1
@@ -617,6 +480,7 @@ echo "# direct pass: $(($(date +%s) - t1)) s"
 # ---------------------------------------------------------------- pass 2: pgbouncer
 
 MODE=pgbouncer
+CHECK_PREFIX='[pgbouncer] '
 t1=$(date +%s)
 stop_postgrest
 PGB=$S/pgb
