@@ -129,26 +129,6 @@ my $matrix_sql = 'SELECT string_agg(format(\'%s|%s|%s|%s|%s\', l, coalesce(p, \'
   . ' (NULL, \'2001:db8::1\'), (\'verify:check\', \'2001:db8::1\')) AS cases(p, ip)) s';
 my $n_cases = 9;
 
-# what a matrix run adds to usage: key id => [calls, rejected]
-sub matrix_counts
-{
-	my ($matrix) = @_;
-	my %c;
-	for (split /\n/, $matrix)
-	{
-		my (undef, undef, undef, $code, $id) = split /\|/;
-		next if $id eq '-';
-		$c{$id} //= [ 0, 0 ];
-		$c{$id}[ $code eq 'valid' ? 0 : 1 ]++;
-	}
-	return \%c;
-}
-sub code_of
-{
-	my ($matrix, $label, $p, $ip) = @_;
-	my ($line) = grep { /^\Q$label|$p|$ip|\E/ } split /\n/, $matrix;
-	return (split /\|/, $line // '')[3] // 'missing';
-}
 
 my $src_matrix = sql($node, $src, $matrix_sql);
 is(scalar(split /\n/, $src_matrix), (@labels + 2) * $n_cases,

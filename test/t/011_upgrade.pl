@@ -601,26 +601,6 @@ my $matrix_sql = q{SELECT string_agg(format('%s|%s|%s|%s|%s', l, coalesce(p, '-'
   . q{ ('verify:check', '2001:db8::1')) AS cases(p, ip)) s};
 my $n_cases = 8;
 
-# what a matrix run adds to usage: key id => [calls, rejected]
-sub matrix_counts
-{
-	my ($matrix) = @_;
-	my %c;
-	for (split /\n/, $matrix)
-	{
-		my (undef, undef, undef, $code, $id) = split /\|/;
-		next if $id eq '-';
-		$c{$id} //= [ 0, 0 ];
-		$c{$id}[ $code eq 'valid' ? 0 : 1 ]++;
-	}
-	return \%c;
-}
-sub code_of
-{
-	my ($matrix, $label, $p, $ip) = @_;
-	my ($line) = grep { /^\Q$label|$p|$ip|\E/ } split /\n/, $matrix;
-	return (split /\|/, $line // '')[3] // 'missing';
-}
 
 my $before_matrix = ksql($db, $matrix_sql);
 is(scalar(split /\n/, $before_matrix), (@labels + 2) * $n_cases,

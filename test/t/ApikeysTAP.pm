@@ -20,6 +20,7 @@ our @EXPORT = qw(
   validate_n run_pgbench flush_usage usage_of usage_rows worker_pids
   wait_until wait_for_worker wait_for_no_worker wait_for_log_within
   start_psql finish_psql elapsed_since utc_today check_no_crash timed
+  matrix_counts code_of
 );
 
 # Seconds any single psql / pgbench call may take before the test fails.
@@ -331,6 +332,31 @@ sub finish_psql
 	}
 	chomp $h->{out};
 	return ($ok ? 1 : 0, $h->{out}, $h->{err});
+}
+
+# matrix_counts(MATRIX) -- what a validation matrix run added to usage:
+# key id => [calls, rejected].  MATRIX has lines label|permission|address|
+# code|key id (key id "-" for an unknown key).
+sub matrix_counts
+{
+	my ($matrix) = @_;
+	my %c;
+	for (split /\n/, $matrix)
+	{
+		my (undef, undef, undef, $code, $id) = split /\|/;
+		next if $id eq '-';
+		$c{$id} //= [ 0, 0 ];
+		$c{$id}[ $code eq 'valid' ? 0 : 1 ]++;
+	}
+	return \%c;
+}
+
+# code_of(MATRIX, LABEL, PERMISSION, ADDRESS) -- the outcome code of one case.
+sub code_of
+{
+	my ($matrix, $label, $p, $ip) = @_;
+	my ($line) = grep { /^\Q$label|$p|$ip|\E/ } split /\n/, $matrix;
+	return (split /\|/, $line // '')[3] // 'missing';
 }
 
 sub utc_today
