@@ -20,6 +20,7 @@
 #include "storage/shmem.h"
 
 #include "apikeys.h"
+#include "credits.h"
 #include "ddl.h"
 #include "guc.h"
 #include "identity.h"
@@ -40,7 +41,8 @@ apikeys_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(add_size(usage_shmem_size(), slots_shmem_size()));
+	RequestAddinShmemSpace(add_size(add_size(usage_shmem_size(), slots_shmem_size()),
+								   credits_shmem_size()));
 	RequestNamedLWLockTranche(APIKEYS_TRANCHE, APIKEYS_NUM_LOCKS);
 }
 
@@ -53,6 +55,7 @@ apikeys_shmem_startup(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	usage_shmem_startup();
 	slots_shmem_startup();
+	credits_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -69,6 +72,7 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = apikeys_shmem_startup;
 	apikeys_install_ddl_hooks();
+	credits_install_xact_callbacks();
 	if (!IsBinaryUpgrade)
 		apikeys_register_launcher();
 

@@ -11,7 +11,8 @@
 #define APIKEYS_TRANCHE			"apikeys"
 #define APIKEYS_LOCK_USAGE		0	/* the counter table (usage.c) */
 #define APIKEYS_LOCK_SLOTS		1	/* the worker slots (slots.c) */
-#define APIKEYS_NUM_LOCKS		2
+#define APIKEYS_LOCK_CREDITS	2	/* the credit table (credits.c) */
+#define APIKEYS_NUM_LOCKS		3
 
 /* The lock of the tranche at index i (after shared memory is set up). */
 static inline LWLock *

@@ -40,6 +40,7 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
+#include "credits.h"
 #include "ddl.h"
 #include "slots.h"
 #include "usage.h"
@@ -84,7 +85,10 @@ commit_xact_callback(XactEvent event, void *arg)
 	if (event == XACT_EVENT_COMMIT)
 	{
 		if (OidIsValid(forget_at_commit))
+		{
 			usage_forget(MyDatabaseId, forget_at_commit);
+			credits_forget(MyDatabaseId, forget_at_commit);
+		}
 		if (launch_at_commit)
 			worker_request_start(MyDatabaseId);
 		if (launch_at_commit || wake_at_commit)

@@ -26,6 +26,8 @@ int			apikeys_backend_cache_keys = DEFAULT_BACKEND_CACHE_KEYS;
 int			apikeys_trusted_proxies = DEFAULT_TRUSTED_PROXIES;
 bool		apikeys_log_refusals = DEFAULT_LOG_REFUSALS;
 int			apikeys_max_tracked_keys = DEFAULT_MAX_TRACKED_KEYS;
+int			apikeys_max_credit_pools = DEFAULT_MAX_CREDIT_POOLS;
+int			apikeys_credit_lease = DEFAULT_CREDIT_LEASE;
 int			apikeys_flush_interval = DEFAULT_FLUSH_INTERVAL_MS;
 int			apikeys_expiry_interval = DEFAULT_EXPIRY_INTERVAL_S;
 int			apikeys_usage_retention_days = DEFAULT_USAGE_RETENTION_DAYS;
@@ -58,6 +60,20 @@ define_server_gucs(void)
 							&apikeys_max_tracked_keys,
 							DEFAULT_MAX_TRACKED_KEYS, 100, 10000000,
 							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("apikeys.max_credit_pools",
+							"Capacity of the shared-memory credit table (balances and quotas in use, and per-key spend counters).",
+							"When full, idle pools are handed back to their rows; a charge waits for that, never overdraws.",
+							&apikeys_max_credit_pools,
+							DEFAULT_MAX_CREDIT_POOLS, 100, 10000000,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("apikeys.credit_lease",
+							"Credits the worker moves from a balance or quota row to shared memory at a time.",
+							"Also the most unspent credits a crash can cost an owner per balance (written off, audited).",
+							&apikeys_credit_lease,
+							DEFAULT_CREDIT_LEASE, 1, 1000000,
+							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("apikeys.flush_interval",
 							"Time between flushes of usage counters to apikeys.usage.",

@@ -17,6 +17,8 @@
 #define DEFAULT_EXPIRY_INTERVAL_S		60
 #define DEFAULT_USAGE_RETENTION_DAYS	400
 #define DEFAULT_LOG_REFUSALS			false
+#define DEFAULT_MAX_CREDIT_POOLS		10000
+#define DEFAULT_CREDIT_LEASE			100
 
 /* apikeys.default_prefix: the prefix of keys created without one. */
 extern char *apikeys_default_prefix;
@@ -32,6 +34,12 @@ extern bool apikeys_log_refusals;
 
 /* apikeys.max_tracked_keys: capacity of the shared-memory counter table. */
 extern int	apikeys_max_tracked_keys;
+
+/* apikeys.max_credit_pools: capacity of the shared-memory credit table. */
+extern int	apikeys_max_credit_pools;
+
+/* apikeys.credit_lease: credits the worker moves to shared memory at a time, per pool. */
+extern int	apikeys_credit_lease;
 
 /* apikeys.flush_interval (ms), expiry_interval (s), usage_retention_days. */
 extern int	apikeys_flush_interval;

@@ -31,11 +31,13 @@
 #include "utils/memutils.h"
 
 #include "guc.h"
+#include "credits.h"
 #include "identity.h"
 #include "scopes.h"
 #include "validate.h"
 
 #define ERRCODE_PT401	MAKE_SQLSTATE('P','T','4','0','1')
+#define ERRCODE_PT402	MAKE_SQLSTATE('P','T','4','0','2')
 #define ERRCODE_PT403	MAKE_SQLSTATE('P','T','4','0','3')
 
 
@@ -52,6 +54,9 @@ static Identity identity;
 static bool callbacks_registered = false;
 
 PG_FUNCTION_INFO_V1(apikeys_authenticate);
+PG_FUNCTION_INFO_V1(apikeys_authenticate_charge);
+
+static Datum authenticate(FunctionCallInfo fcinfo, text *credit, int64 cost);
 PG_FUNCTION_INFO_V1(apikeys_auth_key_id);
 PG_FUNCTION_INFO_V1(apikeys_auth_owner);
 PG_FUNCTION_INFO_V1(apikeys_auth_scope);
@@ -160,10 +165,31 @@ forwarded_client(const char *header, int trusted, Datum *out)
 /*
  * apikeys._authenticate(key, permission, forwarded_for): validates the
  * request's key; PT401/PT403 on failure, else remembers it for this
- * transaction.
+ * transaction.  apikeys._authenticate_charge(key, permission,
+ * forwarded_for, credit, cost) also charges cost of credit (PT402 when
+ * credits run out), given back if the request's transaction rolls back.
  */
 Datum
 apikeys_authenticate(PG_FUNCTION_ARGS)
+{
+	return authenticate(fcinfo, NULL, 0);
+}
+
+Datum
+apikeys_authenticate_charge(PG_FUNCTION_ARGS)
+{
+	text	   *credit;
+
+	if (PG_ARGISNULL(3) || PG_ARGISNULL(4))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("credit and cost must not be null")));
+	credit = PG_GETARG_TEXT_PP(3);
+	return authenticate(fcinfo, credit, credit_units(PG_GETARG_NUMERIC(4), "cost", false));
+}
+
+static Datum
+authenticate(FunctionCallInfo fcinfo, text *credit, int64 cost)
 {
 	text	   *key = PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0);
 	text	   *permission = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
@@ -171,6 +197,7 @@ apikeys_authenticate(PG_FUNCTION_ARGS)
 	bool		known;
 	KeyRow		row;
 	Outcome		outcome;
+	int64		remaining = 0;
 
 	apikeys_require_preload();
 	if (identity.set)
@@ -184,12 +211,26 @@ apikeys_authenticate(PG_FUNCTION_ARGS)
 
 	known = forwarded_client(PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)),
 							 apikeys_trusted_proxies, &addr);
-	outcome = apikey_check(key, permission, known ? &addr : NULL, ADDRESS_GIVEN, &row);
+	outcome = apikey_decide(key, permission, known ? &addr : NULL, ADDRESS_GIVEN, &row);
+	if (outcome == OUTCOME_VALID && credit != NULL &&
+		!charge_key(&row, credit, cost, &remaining))
+		outcome = OUTCOME_INSUFFICIENT_CREDITS;
+	if (outcome != OUTCOME_MALFORMED && outcome != OUTCOME_NOT_FOUND)
+		apikey_count(&row, outcome == OUTCOME_VALID);
 
 	switch (outcome)
 	{
 		case OUTCOME_VALID:
 			identity_set(&row);
+			break;
+		case OUTCOME_INSUFFICIENT_CREDITS:
+			ereport(ERROR,
+					(errcode(ERRCODE_PT402),
+					 errmsg("not enough %s", text_to_cstring(credit)),
+					 errdetail("This request costs %s; %s is left.",
+							   numeric_normalize(credit_numeric(cost)),
+							   numeric_normalize(credit_numeric(remaining))),
+					 errhint("Add credits to the account, or wait for the key's quota to refill.")));
 			break;
 		case OUTCOME_MALFORMED:
 			ereport(ERROR, (errcode(ERRCODE_PT401), errmsg("malformed api key")));
@@ -271,7 +312,8 @@ static void
 refusal_log_hook(ErrorData *edata)
 {
 	if (edata->elevel == ERROR &&
-		(edata->sqlerrcode == ERRCODE_PT401 || edata->sqlerrcode == ERRCODE_PT403))
+		(edata->sqlerrcode == ERRCODE_PT401 || edata->sqlerrcode == ERRCODE_PT402 ||
+		 edata->sqlerrcode == ERRCODE_PT403))
 	{
 		if (!apikeys_log_refusals)
 			edata->output_to_server = false;

@@ -39,6 +39,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "credits.h"
 #include "launcher.h"
 #include "slots.h"
 #include "usage.h"
@@ -245,6 +246,7 @@ launcher_scan(HTAB *known, TimestampTz *next_wakeup)
 		}
 		LWLockRelease(slots_shared->lock);
 		usage_forget(db->dbid, InvalidOid);
+		credits_forget(db->dbid, InvalidOid);
 		hash_search(known, &db->dbid, HASH_REMOVE, NULL);
 	}
 	for (int i = 0; i < ncounted; i++)

@@ -27,7 +27,7 @@ PG_FUNCTION_INFO_V1(apikey_validate);
 
 const char *const outcome_codes[] = {
 	"valid", "malformed", "not_found", "revoked", "expired",
-	"ip_not_allowed", "insufficient_scope"
+	"ip_not_allowed", "insufficient_scope", "insufficient_credits"
 };
 
 /* The connection's client address; false over a Unix socket. */
@@ -62,6 +62,25 @@ address_allowed(Datum addr, ArrayType *networks)
 Outcome
 apikey_check(text *key, text *permission, Datum *addr, AddressSource source,
 			 KeyRow *row)
+{
+	Outcome		outcome = apikey_decide(key, permission, addr, source, row);
+
+	/* every validation of a known key is counted, valid or rejected */
+	if (outcome != OUTCOME_MALFORMED && outcome != OUTCOME_NOT_FOUND)
+		apikey_count(row, outcome == OUTCOME_VALID);
+	return outcome;
+}
+
+void
+apikey_count(const KeyRow *row, bool valid)
+{
+	usage_count(row->keys_relid, row->id, valid, GetCurrentStatementStartTimestamp(),
+				row->creator_xid);
+}
+
+Outcome
+apikey_decide(text *key, text *permission, Datum *addr, AddressSource source,
+			  KeyRow *row)
 {
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	TimestampTz now;
@@ -98,9 +117,6 @@ apikey_check(text *key, text *permission, Datum *addr, AddressSource source,
 	if (outcome == OUTCOME_VALID && permission != NULL &&
 		!scope_grants(row->scope, permission))
 		outcome = OUTCOME_INSUFFICIENT_SCOPE;
-
-	/* every validation of a known key is counted, valid or rejected */
-	usage_count(row->keys_relid, row->id, outcome == OUTCOME_VALID, now, row->creator_xid);
 	return outcome;
 }
 
@@ -137,14 +153,11 @@ validation_tupdesc(FunctionCallInfo fcinfo)
 	return cached;
 }
 
-/* Forms the apikeys.validation row for outcome, with the key's details if known. */
-static Datum
-validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row)
+int
+validation_values(Outcome outcome, const KeyRow *row, Datum *values, bool *nulls)
 {
-	TupleDesc	tupdesc = validation_tupdesc(fcinfo);
-	Datum		values[8];
-	bool		nulls[8] = {false};
-
+	for (int i = 0; i < VALIDATION_NATTS; i++)
+		nulls[i] = false;
 	values[0] = BoolGetDatum(outcome == OUTCOME_VALID);
 	values[1] = CStringGetTextDatum(outcome_codes[outcome]);
 	if (row == NULL)
@@ -163,6 +176,18 @@ validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row)
 		values[7] = JsonbPGetDatum(row->metadata);
 		nulls[7] = (row->metadata == NULL);
 	}
+	return VALIDATION_NATTS;
+}
+
+/* Forms the apikeys.validation row for outcome, with the key's details if known. */
+static Datum
+validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row)
+{
+	TupleDesc	tupdesc = validation_tupdesc(fcinfo);
+	Datum		values[VALIDATION_NATTS];
+	bool		nulls[VALIDATION_NATTS];
+
+	validation_values(outcome, row, values, nulls);
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }
 

@@ -17,7 +17,8 @@ typedef enum Outcome
 	OUTCOME_REVOKED,
 	OUTCOME_EXPIRED,
 	OUTCOME_IP_NOT_ALLOWED,
-	OUTCOME_INSUFFICIENT_SCOPE
+	OUTCOME_INSUFFICIENT_SCOPE,
+	OUTCOME_INSUFFICIENT_CREDITS	/* apikey_charge only */
 } Outcome;
 
 extern const char *const outcome_codes[];
@@ -36,5 +37,16 @@ typedef enum AddressSource
  */
 extern Outcome apikey_check(text *key, text *permission, Datum *addr,
 							AddressSource source, KeyRow *row);
+
+/* apikey_check without the count: the caller counts with apikey_count. */
+extern Outcome apikey_decide(text *key, text *permission, Datum *addr,
+							 AddressSource source, KeyRow *row);
+/* Counts one call of the existing key row, valid or rejected. */
+extern void apikey_count(const KeyRow *row, bool valid);
+
+/* Number of columns of the validation record. */
+#define VALIDATION_NATTS	8
+/* Fills the validation record's columns (row NULL: unknown key); returns their number. */
+extern int	validation_values(Outcome outcome, const KeyRow *row, Datum *values, bool *nulls);
 
 #endif							/* APIKEYS_VALIDATE_H */

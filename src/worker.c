@@ -45,6 +45,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "credits.h"
 #include "guc.h"
 #include "lookup.h"
 #include "slots.h"
@@ -377,6 +378,8 @@ flush(void)
 
 	if (run_pass("apikeys: flush usage", flush_body, &fs) && !extension_gone)
 	{
+		/* what committed charges spent, in its own transaction */
+		run_pass("apikeys: settle credits", credits_settle_body, NULL);
 		if (fs.n > 0)
 			usage_settle(MyDatabaseId, my_keys_relid, fs.xid, fs.deltas,
 						 fs.matched, fs.last_used_done, fs.n);
@@ -450,6 +453,15 @@ apikeys_worker_main(Datum arg)
 		done = my_slot->flush_done;
 		LWLockRelease(slots_shared->lock);
 
+		/* charges waiting for a lease or a refill come first */
+		if (!extension_gone && credits_wanted(MyDatabaseId))
+		{
+			run_pass("apikeys: lease credits", credits_serve_body, NULL);
+			/* a full credit table: hand idle pools back now */
+			if (credits_pressure())
+				run_pass("apikeys: settle credits", credits_settle_body, NULL);
+		}
+
 		now = GetCurrentTimestamp();
 		if (now >= next_flush || requested != done || usage_pressure())
 		{
@@ -504,7 +516,10 @@ apikeys_worker_main(Datum arg)
 	{
 		/* DROP EXTENSION: the counters of the dropped tables are void */
 		if (OidIsValid(my_keys_relid))
+		{
 			usage_forget(MyDatabaseId, my_keys_relid);
+			credits_forget(MyDatabaseId, my_keys_relid);
+		}
 		LWLockAcquire(slots_shared->lock, LW_EXCLUSIVE);
 		my_slot->verdict = VERDICT_NO_EXTENSION;
 		LWLockRelease(slots_shared->lock);

@@ -1,0 +1,340 @@
+/*
+ * charge.c
+ *		apikey_charge: a validation that also takes credits, and the SQL
+ *		helpers through which the credit functions and the worker tell the
+ *		shared-memory pools (credits.c) what their transactions did.
+ *
+ * The charge path writes no row: it validates (validate.c), finds the ids
+ * of the owner's balance and the key's quota of the credit through a
+ * per-backend cache, and reserves in shared memory.  The cache maps
+ * (owner, credit) and (key id, credit) to a pool id, or to "none"; a row
+ * trigger on apikeys.credit_pools invalidates it when pools appear or
+ * disappear, and a relcache callback empties it.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "common/cryptohash.h"
+#include "common/sha2.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "credits_internal.h"
+#include "guc.h"
+#include "lookup.h"
+#include "usage.h"
+#include "validate.h"
+
+PG_FUNCTION_INFO_V1(apikey_charge);
+PG_FUNCTION_INFO_V1(apikeys_credit_recall);
+PG_FUNCTION_INFO_V1(apikeys_credit_apply);
+PG_FUNCTION_INFO_V1(apikeys_credit_live);
+
+/* ----------------------------------------------------------------------
+ * Pool ids, cached per backend
+ * ----------------------------------------------------------------------
+ */
+
+typedef struct PoolCacheEntry
+{
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];	/* of kind, name, credit */
+	int64		pool;			/* 0: no such pool */
+} PoolCacheEntry;
+
+static HTAB *pool_cache = NULL;
+static bool pool_cache_stale = true;
+static Oid	pools_relid = InvalidOid;
+static SPIPlanPtr plans[2];
+
+static void
+pools_invalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == pools_relid)
+		pool_cache_stale = true;
+}
+
+static void
+pool_cache_reset(void)
+{
+	HASHCTL		info;
+	static bool registered = false;
+
+	if (!registered)
+	{
+		CacheRegisterRelcacheCallback(pools_invalidate, (Datum) 0);
+		registered = true;
+	}
+	if (pool_cache)
+		hash_destroy(pool_cache);
+	info.keysize = PG_SHA256_DIGEST_LENGTH;
+	info.entrysize = sizeof(PoolCacheEntry);
+	pool_cache = hash_create("apikeys pool cache", 256, &info, HASH_ELEM | HASH_BLOBS);
+	pools_relid = get_relname_relid("credit_pools", get_namespace_oid("apikeys", false));
+	for (int i = 0; i < 2; i++)
+	{
+		if (plans[i])
+			SPI_freeplan(plans[i]);
+		plans[i] = NULL;
+	}
+	pool_cache_stale = false;
+}
+
+/*
+ * The id of the balance pool of (owner, credit) when quota is false, or of
+ * the quota pool of (key id, credit) when true; 0 if there is none.
+ */
+static int64
+pool_id(bool quota, text *name, text *credit)
+{
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	PoolCacheEntry *entry;
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	bool		found;
+	char		kind = quota ? 'q' : 'b';
+	uint32		len = VARSIZE_ANY_EXHDR(name);
+
+	if (pool_cache == NULL || pool_cache_stale)
+		pool_cache_reset();
+
+	if (ctx == NULL || pg_cryptohash_init(ctx) < 0 ||
+		pg_cryptohash_update(ctx, (uint8 *) &kind, 1) < 0 ||
+		pg_cryptohash_update(ctx, (uint8 *) &len, sizeof(len)) < 0 ||
+		pg_cryptohash_update(ctx, (uint8 *) VARDATA_ANY(name), len) < 0 ||
+		pg_cryptohash_update(ctx, (uint8 *) VARDATA_ANY(credit), VARSIZE_ANY_EXHDR(credit)) < 0 ||
+		pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+		elog(ERROR, "could not compute SHA-256");
+	pg_cryptohash_free(ctx);
+
+	entry = hash_search(pool_cache, digest, HASH_FIND, NULL);
+	if (entry)
+		return entry->pool;
+
+	{
+		Oid			argtypes[2] = {TEXTOID, TEXTOID};
+		Datum		args[2] = {PointerGetDatum(name), PointerGetDatum(credit)};
+		int64		pool = 0;
+		int			i = quota ? 1 : 0;
+
+		SPI_connect();
+		if (plans[i] == NULL)
+		{
+			plans[i] = SPI_prepare(quota ?
+								   "SELECT p.id FROM apikeys.credit_pools p"
+								   " WHERE p.key_id OPERATOR(pg_catalog.=) $1"
+								   "   AND p.credit OPERATOR(pg_catalog.=) $2" :
+								   "SELECT p.id FROM apikeys.credit_pools p"
+								   " WHERE p.owner OPERATOR(pg_catalog.=) $1"
+								   "   AND p.credit OPERATOR(pg_catalog.=) $2"
+								   "   AND p.key_id IS NULL",
+								   2, argtypes);
+			if (plans[i] == NULL || SPI_keepplan(plans[i]) != 0)
+				elog(ERROR, "could not prepare the credit pool lookup");
+		}
+		if (SPI_execute_plan(plans[i], args, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not look up a credit pool");
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
+
+			pool = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		SPI_finish();
+
+		/* an invalidation during the lookup makes the answer unsafe to keep */
+		if (pool_cache_stale)
+			return pool;
+		entry = hash_search(pool_cache, digest, HASH_ENTER, &found);
+		entry->pool = pool;
+		return pool;
+	}
+}
+
+/* 22023 unless credit is a credit name: 1-64 characters of [a-z0-9_]. */
+static void
+require_credit_name(text *credit)
+{
+	const char *s = VARDATA_ANY(credit);
+	int			len = VARSIZE_ANY_EXHDR(credit);
+	bool		ok = (len >= 1 && len <= 64);
+
+	for (int i = 0; ok && i < len; i++)
+		ok = ((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_');
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid credit name"),
+				 errdetail("A credit name is 1 to 64 characters of a-z, 0-9 and _.")));
+}
+
+/* ----------------------------------------------------------------------
+ * apikey_charge
+ * ----------------------------------------------------------------------
+ */
+
+bool
+charge_key(const KeyRow *row, text *credit, int64 cost, int64 *remaining)
+{
+	TimestampTz now = GetCurrentStatementStartTimestamp();
+	int64		balance;
+	int64		quota;
+
+	require_credit_name(credit);
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot charge credits on a hot standby"),
+				 errdetail("Balances are kept by the primary server."),
+				 errhint("Send requests that charge credits to the primary; apikey_validate works here.")));
+	balance = pool_id(false, DatumGetTextPP(row->owner), credit);
+	quota = pool_id(true, DatumGetTextPP(row->id), credit);
+	return credits_charge(row->keys_relid, balance, quota, cost, row->id,
+						  (DateADT) (now / USECS_PER_DAY), remaining) == CHARGE_DONE;
+}
+
+/*
+ * apikey_charge(key, credit, cost, permission, client_ip) returns
+ * apikeys.charge: apikey_validate's columns, then credit, cost, remaining.
+ */
+Datum
+apikey_charge(PG_FUNCTION_ARGS)
+{
+	KeyRow		row;
+	Datum		addr;
+	Outcome		outcome;
+	text	   *credit;
+	int64		cost;
+	int64		remaining = 0;
+	TupleDesc	tupdesc;
+	Datum		values[11];
+	bool		nulls[11] = {false};
+	int			nvalid;
+
+	apikeys_require_preload();
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("credit must not be null")));
+	credit = PG_GETARG_TEXT_PP(1);
+	require_credit_name(credit);
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cost must not be null")));
+	cost = credit_units(PG_GETARG_NUMERIC(2), "cost", false);
+
+	if (!PG_ARGISNULL(4))
+		addr = PG_GETARG_DATUM(4);
+	outcome = apikey_decide(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0),
+							PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3),
+							PG_ARGISNULL(4) ? NULL : &addr,
+							ADDRESS_GIVEN_OR_CONNECTION, &row);
+	if (outcome == OUTCOME_VALID && !charge_key(&row, credit, cost, &remaining))
+		outcome = OUTCOME_INSUFFICIENT_CREDITS;
+	if (outcome != OUTCOME_MALFORMED && outcome != OUTCOME_NOT_FOUND)
+		apikey_count(&row, outcome == OUTCOME_VALID);
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	nvalid = validation_values(outcome, (outcome == OUTCOME_MALFORMED ||
+										 outcome == OUTCOME_NOT_FOUND) ? NULL : &row,
+							   values, nulls);
+	values[nvalid] = PointerGetDatum(credit);
+	values[nvalid + 1] = PG_GETARG_DATUM(2);
+	if (outcome == OUTCOME_VALID || outcome == OUTCOME_INSUFFICIENT_CREDITS)
+		values[nvalid + 2] = NumericGetDatum(credit_numeric(remaining));
+	else
+		nulls[nvalid + 2] = true;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
+
+/* ----------------------------------------------------------------------
+ * SQL helpers for the credit functions and the worker
+ * ----------------------------------------------------------------------
+ */
+
+static CreditKey
+pool_key_arg(FunctionCallInfo fcinfo)
+{
+	apikeys_require_preload();
+	return credit_pool_key(MyDatabaseId, apikeys_keys_relid(), PG_GETARG_INT64(0));
+}
+
+/*
+ * apikeys._credit_recall(pool bigint) returns numeric: takes what the pool's
+ * lease has free, to be added back to its row by the caller in the same
+ * transaction (the caller holds the row lock).  Undone if that aborts.
+ */
+Datum
+apikeys_credit_recall(PG_FUNCTION_ARGS)
+{
+	CreditKey	key = pool_key_arg(fcinfo);
+	CreditEntry *e;
+	int64		amount = 0;
+
+	LWLockAcquire(credits_shared->lock, LW_SHARED);
+	e = hash_search(credits_hash, &key, HASH_FIND, NULL);
+	if (e != NULL)
+		amount = credit_op_recall(e);
+	LWLockRelease(credits_shared->lock);
+	PG_RETURN_NUMERIC(credit_numeric(amount));
+}
+
+/*
+ * apikeys._credit_apply(pool, available, leased, generation, period_end,
+ * is_quota, reset, granted, synced): at commit, the pool's entry takes the
+ * row's new state; see credit_op_apply.
+ */
+Datum
+apikeys_credit_apply(PG_FUNCTION_ARGS)
+{
+	CreditKey	key = pool_key_arg(fcinfo);
+
+	credit_op_apply(&key,
+					credit_units(PG_GETARG_NUMERIC(1), "available", false),
+					credit_units(PG_GETARG_NUMERIC(2), "leased", false),
+					PG_GETARG_INT32(3),
+					PG_ARGISNULL(4) ? 0 : PG_GETARG_TIMESTAMPTZ(4),
+					PG_GETARG_BOOL(5), PG_GETARG_BOOL(6),
+					credit_units(PG_GETARG_NUMERIC(7), "granted", false),
+					PG_GETARG_BOOL(8));
+	PG_RETURN_VOID();
+}
+
+/*
+ * apikeys._credit_live(pool bigint, row_available numeric) returns numeric:
+ * what the pool holds for charges: the row's available (as this server
+ * last committed it, or row_available before the worker has reconciled
+ * the pool) and its lease's free part.
+ */
+Datum
+apikeys_credit_live(PG_FUNCTION_ARGS)
+{
+	CreditKey	key = pool_key_arg(fcinfo);
+	CreditEntry *e;
+	int64		live = credit_units(PG_GETARG_NUMERIC(1), "row_available", false);
+	bool		own_change = credit_op_pending(&key);
+
+	LWLockAcquire(credits_shared->lock, LW_SHARED);
+	e = hash_search(credits_hash, &key, HASH_FIND, NULL);
+	if (e != NULL)
+	{
+		SpinLockAcquire(&e->mutex);
+		if (e->synced && !own_change)
+			live = e->table_available;
+		live += e->available;
+		SpinLockRelease(&e->mutex);
+	}
+	LWLockRelease(credits_shared->lock);
+	PG_RETURN_NUMERIC(credit_numeric(live));
+}

@@ -1,0 +1,77 @@
+/*
+ * credits.h
+ *		Credit balances and key quotas in shared memory: what apikey_charge
+ *		reserves from, what the worker leases into and settles out of.
+ *		The protocol is in credits.c.
+ */
+#ifndef APIKEYS_CREDITS_H
+#define APIKEYS_CREDITS_H
+
+#include "datatype/timestamp.h"
+#include "utils/date.h"
+#include "utils/numeric.h"
+
+#include "keyformat.h"
+#include "lookup.h"
+
+/* Credits are counted in units of 1/10000: amounts have at most 4 decimals. */
+#define CREDIT_SCALE		10000
+/* The largest amount, in credits (numeric(18,4) holds below 10^14). */
+#define CREDIT_MAX			INT64CONST(99999999999999)
+
+extern Size credits_shmem_size(void);
+extern void credits_shmem_startup(void);
+extern void credits_install_xact_callbacks(void);
+
+/* Units of a numeric amount; 22023 naming argname unless it is within 0..CREDIT_MAX with at most 4 decimals (negative allowed if asked). */
+extern int64 credit_units(Numeric amount, const char *argname, bool allow_negative);
+/* The numeric of units, with at least one decimal (1000.0, 0.25). */
+extern Numeric credit_numeric(int64 units);
+
+/* Outcome of a reservation. */
+typedef enum ChargeResult
+{
+	CHARGE_DONE,				/* reserved until the transaction ends */
+	CHARGE_INSUFFICIENT			/* a pool has less than cost: nothing taken */
+} ChargeResult;
+
+/*
+ * Reserves cost units from the owner's balance pool (balance_pool, 0: none
+ * so insufficient) and the key's quota pool (quota_pool, 0: no quota) of
+ * this database's extension instance keys_relid, for key_id spending on
+ * day.  All or nothing.  *remaining gets the smaller of what is left of the
+ * two (after the charge when done).  May wait for the worker to lease
+ * credits, or for a reservation of another transaction to end when this
+ * one holds none.
+ */
+extern ChargeResult credits_charge(Oid keys_relid, int64 balance_pool, int64 quota_pool,
+								   int64 cost, Datum key_id, DateADT day,
+								   int64 *remaining);
+
+/*
+ * Charges cost units of credit (a text datum, checked) to the valid key
+ * row: its owner's balance and its quota (charge.c).  False when either is
+ * short; 25006 on a hot standby.
+ */
+extern bool charge_key(const KeyRow *row, text *credit, int64 cost, int64 *remaining);
+
+/* Forgets every credit entry of a dropped database or extension instance. */
+extern void credits_forget(Oid dbid, Oid keys_relid);
+
+/* True if database dbid has credit work for its worker (leases wanted, spends to settle). */
+extern bool credits_pending(Oid dbid);
+/* True if a charge found the credit table full within the last seconds. */
+extern bool credits_pressure(void);
+/* True if some backend waits for the worker (lease, refill, room). */
+extern bool credits_wanted(Oid dbid);
+
+/*
+ * Worker side (credits_worker.c), run in the worker's transaction with SPI
+ * connected: serve the leases, refills and reconciliations charges wait
+ * for; settle what committed charges spent, write per-key spend, announce
+ * low balances, and hand idle pools back to their rows.
+ */
+extern void credits_serve_body(void *arg);
+extern void credits_settle_body(void *arg);
+
+#endif							/* APIKEYS_CREDITS_H */
