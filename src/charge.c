@@ -17,8 +17,7 @@
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "common/cryptohash.h"
-#include "common/sha2.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -45,13 +44,22 @@ PG_FUNCTION_INFO_V1(apikeys_credit_live);
  * ----------------------------------------------------------------------
  */
 
+typedef struct PoolCacheKey
+{
+	uint64		hash;			/* of kind, name and credit */
+	char		kind;			/* 'b' balance of owner name, 'q' quota of key id name */
+} PoolCacheKey;
+
 typedef struct PoolCacheEntry
 {
-	uint8		digest[PG_SHA256_DIGEST_LENGTH];	/* of kind, name, credit */
+	PoolCacheKey key;
+	char	   *name;			/* to tell a hash collision: then no caching */
+	char	   *credit;
 	int64		pool;			/* 0: no such pool */
 } PoolCacheEntry;
 
 static HTAB *pool_cache = NULL;
+static MemoryContext pool_cxt = NULL;
 static bool pool_cache_stale = true;
 static Oid	pools_relid = InvalidOid;
 static SPIPlanPtr plans[2];
@@ -67,18 +75,20 @@ static void
 pool_cache_reset(void)
 {
 	HASHCTL		info;
-	static bool registered = false;
 
-	if (!registered)
+	if (pool_cxt == NULL)
 	{
 		CacheRegisterRelcacheCallback(pools_invalidate, (Datum) 0);
-		registered = true;
+		pool_cxt = AllocSetContextCreate(TopMemoryContext, "apikeys pool cache",
+										 ALLOCSET_DEFAULT_SIZES);
 	}
-	if (pool_cache)
-		hash_destroy(pool_cache);
-	info.keysize = PG_SHA256_DIGEST_LENGTH;
+	else
+		MemoryContextReset(pool_cxt);
+	info.keysize = sizeof(PoolCacheKey);
 	info.entrysize = sizeof(PoolCacheEntry);
-	pool_cache = hash_create("apikeys pool cache", 256, &info, HASH_ELEM | HASH_BLOBS);
+	info.hcxt = pool_cxt;
+	pool_cache = hash_create("apikeys pool cache", 256, &info,
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	pools_relid = get_relname_relid("credit_pools", get_namespace_oid("apikeys", false));
 	for (int i = 0; i < 2; i++)
 	{
@@ -89,6 +99,43 @@ pool_cache_reset(void)
 	pool_cache_stale = false;
 }
 
+/* Looks the pool up in apikeys.credit_pools; 0 if there is none. */
+static int64
+pool_lookup(bool quota, text *name, text *credit)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		args[2] = {PointerGetDatum(name), PointerGetDatum(credit)};
+	int64		pool = 0;
+	int			i = quota ? 1 : 0;
+
+	SPI_connect();
+	if (plans[i] == NULL)
+	{
+		plans[i] = SPI_prepare(quota ?
+							   "SELECT p.id FROM apikeys.credit_pools p"
+							   " WHERE p.key_id OPERATOR(pg_catalog.=) $1"
+							   "   AND p.credit OPERATOR(pg_catalog.=) $2" :
+							   "SELECT p.id FROM apikeys.credit_pools p"
+							   " WHERE p.owner OPERATOR(pg_catalog.=) $1"
+							   "   AND p.credit OPERATOR(pg_catalog.=) $2"
+							   "   AND p.key_id IS NULL",
+							   2, argtypes);
+		if (plans[i] == NULL || SPI_keepplan(plans[i]) != 0)
+			elog(ERROR, "could not prepare the credit pool lookup");
+	}
+	if (SPI_execute_plan(plans[i], args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up a credit pool");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+
+		pool = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_finish();
+	return pool;
+}
+
 /*
  * The id of the balance pool of (owner, credit) when quota is false, or of
  * the quota pool of (key id, credit) when true; 0 if there is none.
@@ -96,68 +143,34 @@ pool_cache_reset(void)
 static int64
 pool_id(bool quota, text *name, text *credit)
 {
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	PoolCacheKey key;
 	PoolCacheEntry *entry;
-	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	char	   *n = text_to_cstring(name);
+	char	   *c = text_to_cstring(credit);
 	bool		found;
-	char		kind = quota ? 'q' : 'b';
-	uint32		len = VARSIZE_ANY_EXHDR(name);
+	int64		pool;
 
 	if (pool_cache == NULL || pool_cache_stale)
 		pool_cache_reset();
 
-	if (ctx == NULL || pg_cryptohash_init(ctx) < 0 ||
-		pg_cryptohash_update(ctx, (uint8 *) &kind, 1) < 0 ||
-		pg_cryptohash_update(ctx, (uint8 *) &len, sizeof(len)) < 0 ||
-		pg_cryptohash_update(ctx, (uint8 *) VARDATA_ANY(name), len) < 0 ||
-		pg_cryptohash_update(ctx, (uint8 *) VARDATA_ANY(credit), VARSIZE_ANY_EXHDR(credit)) < 0 ||
-		pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
-		elog(ERROR, "could not compute SHA-256");
-	pg_cryptohash_free(ctx);
-
-	entry = hash_search(pool_cache, digest, HASH_FIND, NULL);
-	if (entry)
+	memset(&key, 0, sizeof(key));
+	key.kind = quota ? 'q' : 'b';
+	key.hash = hash_bytes_extended((const unsigned char *) n, strlen(n),
+								   hash_bytes_extended((const unsigned char *) c,
+													   strlen(c), 0));
+	entry = hash_search(pool_cache, &key, HASH_FIND, NULL);
+	if (entry && strcmp(entry->name, n) == 0 && strcmp(entry->credit, c) == 0)
 		return entry->pool;
 
-	{
-		Oid			argtypes[2] = {TEXTOID, TEXTOID};
-		Datum		args[2] = {PointerGetDatum(name), PointerGetDatum(credit)};
-		int64		pool = 0;
-		int			i = quota ? 1 : 0;
-
-		SPI_connect();
-		if (plans[i] == NULL)
-		{
-			plans[i] = SPI_prepare(quota ?
-								   "SELECT p.id FROM apikeys.credit_pools p"
-								   " WHERE p.key_id OPERATOR(pg_catalog.=) $1"
-								   "   AND p.credit OPERATOR(pg_catalog.=) $2" :
-								   "SELECT p.id FROM apikeys.credit_pools p"
-								   " WHERE p.owner OPERATOR(pg_catalog.=) $1"
-								   "   AND p.credit OPERATOR(pg_catalog.=) $2"
-								   "   AND p.key_id IS NULL",
-								   2, argtypes);
-			if (plans[i] == NULL || SPI_keepplan(plans[i]) != 0)
-				elog(ERROR, "could not prepare the credit pool lookup");
-		}
-		if (SPI_execute_plan(plans[i], args, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not look up a credit pool");
-		if (SPI_processed == 1)
-		{
-			bool		isnull;
-
-			pool = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											   SPI_tuptable->tupdesc, 1, &isnull));
-		}
-		SPI_finish();
-
-		/* an invalidation during the lookup makes the answer unsafe to keep */
-		if (pool_cache_stale)
-			return pool;
-		entry = hash_search(pool_cache, digest, HASH_ENTER, &found);
-		entry->pool = pool;
+	pool = pool_lookup(quota, name, credit);
+	/* an invalidation during the lookup, or a collision: do not keep it */
+	if (pool_cache_stale || entry != NULL)
 		return pool;
-	}
+	entry = hash_search(pool_cache, &key, HASH_ENTER, &found);
+	entry->name = MemoryContextStrdup(pool_cxt, n);
+	entry->credit = MemoryContextStrdup(pool_cxt, c);
+	entry->pool = pool;
+	return pool;
 }
 
 /* 22023 unless credit is a credit name: 1-64 characters of [a-z0-9_]. */
@@ -209,6 +222,7 @@ charge_key(const KeyRow *row, text *credit, int64 cost, int64 *remaining)
 Datum
 apikey_charge(PG_FUNCTION_ARGS)
 {
+	static ResultDescCache result_desc;
 	KeyRow		row;
 	Datum		addr;
 	Outcome		outcome;
@@ -244,8 +258,7 @@ apikey_charge(PG_FUNCTION_ARGS)
 	if (outcome != OUTCOME_MALFORMED && outcome != OUTCOME_NOT_FOUND)
 		apikey_count(&row, outcome == OUTCOME_VALID);
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
+	tupdesc = cached_result_tupdesc(fcinfo, &result_desc);
 	nvalid = validation_values(outcome, (outcome == OUTCOME_MALFORMED ||
 										 outcome == OUTCOME_NOT_FOUND) ? NULL : &row,
 							   values, nulls);
@@ -255,7 +268,7 @@ apikey_charge(PG_FUNCTION_ARGS)
 		values[nvalid + 2] = NumericGetDatum(credit_numeric(remaining));
 	else
 		nulls[nvalid + 2] = true;
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 
 /* ----------------------------------------------------------------------

@@ -125,65 +125,33 @@ apikey_decide(text *key, text *permission, Datum *addr, AddressSource source,
  * ----------------------------------------------------------------------
  */
 
-/*
- * The blessed descriptor of apikey_validate's result row.  Each execution of
- * a prepared statement gets a new FmgrInfo, so it is kept per backend, for
- * the function OID it was built for (a re-created extension has new OIDs).
- */
-static TupleDesc
-validation_tupdesc(FunctionCallInfo fcinfo)
+TupleDesc
+cached_result_tupdesc(FunctionCallInfo fcinfo, ResultDescCache *cache)
 {
-	static Oid	cached_fn = InvalidOid;
-	static TupleDesc cached = NULL;
 	TupleDesc	tupdesc;
 	MemoryContext old;
 
-	if (cached != NULL && cached_fn == fcinfo->flinfo->fn_oid)
-		return cached;
+	if (cache->tupdesc != NULL && cache->fn_oid == fcinfo->flinfo->fn_oid)
+		return cache->tupdesc;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
 	MemoryContextSwitchTo(old);
-	if (cached != NULL)
-		FreeTupleDesc(cached);
-	cached = tupdesc;
-	cached_fn = fcinfo->flinfo->fn_oid;
-	return cached;
-}
-
-int
-validation_values(Outcome outcome, const KeyRow *row, Datum *values, bool *nulls)
-{
-	for (int i = 0; i < VALIDATION_NATTS; i++)
-		nulls[i] = false;
-	values[0] = BoolGetDatum(outcome == OUTCOME_VALID);
-	values[1] = CStringGetTextDatum(outcome_codes[outcome]);
-	if (row == NULL)
-	{
-		for (int i = 2; i < 8; i++)
-			nulls[i] = true;
-	}
-	else
-	{
-		values[2] = row->id;
-		values[3] = row->owner;
-		values[4] = row->name;
-		values[5] = row->scope;
-		values[6] = TimestampTzGetDatum(row->expires_at);
-		nulls[6] = !row->has_expiry;
-		values[7] = JsonbPGetDatum(row->metadata);
-		nulls[7] = (row->metadata == NULL);
-	}
-	return VALIDATION_NATTS;
+	if (cache->tupdesc != NULL)
+		FreeTupleDesc(cache->tupdesc);
+	cache->tupdesc = tupdesc;
+	cache->fn_oid = fcinfo->flinfo->fn_oid;
+	return tupdesc;
 }
 
 /* Forms the apikeys.validation row for outcome, with the key's details if known. */
 static Datum
 validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row)
 {
-	TupleDesc	tupdesc = validation_tupdesc(fcinfo);
+	static ResultDescCache cache;
+	TupleDesc	tupdesc = cached_result_tupdesc(fcinfo, &cache);
 	Datum		values[VALIDATION_NATTS];
 	bool		nulls[VALIDATION_NATTS];
 

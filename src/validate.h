@@ -6,6 +6,9 @@
 #ifndef APIKEYS_VALIDATE_H
 #define APIKEYS_VALIDATE_H
 
+#include "fmgr.h"
+#include "access/tupdesc.h"
+
 #include "lookup.h"
 
 /* Outcome codes, in the order the checks run. */
@@ -43,6 +46,20 @@ extern Outcome apikey_decide(text *key, text *permission, Datum *addr,
 							 AddressSource source, KeyRow *row);
 /* Counts one call of the existing key row, valid or rejected. */
 extern void apikey_count(const KeyRow *row, bool valid);
+
+/*
+ * The blessed descriptor of a C function's composite result, kept per
+ * backend for the function OID it was built for (each execution of a
+ * prepared statement gets a new FmgrInfo; a re-created extension has new
+ * OIDs).  One static cache per function.
+ */
+typedef struct ResultDescCache
+{
+	Oid			fn_oid;
+	TupleDesc	tupdesc;
+} ResultDescCache;
+
+extern TupleDesc cached_result_tupdesc(FunctionCallInfo fcinfo, ResultDescCache *cache);
 
 /* Number of columns of the validation record. */
 #define VALIDATION_NATTS	8

@@ -11,7 +11,7 @@
 --              bench_api.noop_pre_request, which does nothing;
 --              GET /bench/noop/credits -> bench_api.credits()
 -- bench_api.credits() is apikeys_api.credits() without the key check: the
--- same row read and the same JSON object, for a fixed key id.
+-- same balances of the same owner, for a fixed key id.
 
 CREATE ROLE bench_anon NOLOGIN;
 CREATE ROLE bench_authenticator LOGIN NOINHERIT;
@@ -26,16 +26,9 @@ RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $body$
-DECLARE
-	result jsonb;
 BEGIN
-	SELECT pg_catalog.jsonb_build_object('valid', true, 'keyId', k.id, 'name', k.name,
-										 'owner', k.owner, 'scope', k.scope,
-										 'expiresAt', k.expires_at)
-	  INTO result
-	  FROM apikeys.keys AS k
-	 WHERE k.id OPERATOR(pg_catalog.=) %L;
-	RETURN result;
+	RETURN apikeys.apikey_credits((SELECT k.owner FROM apikeys.keys AS k
+									WHERE k.id OPERATOR(pg_catalog.=) %L));
 END
 $body$
 $f$, :'hot_id') \gexec

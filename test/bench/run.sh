@@ -48,7 +48,7 @@
 #   BENCH_ROUNDS=5       rounds per group (figure 7: at most 3)
 #   BENCH_WARMUP=1       seconds of warm-up per variant (0: none)
 #   BENCH_BIG_KEYS=1000000  size of the big key set
-#   BENCH_FIGURES="1 2 3 4 5 6 7 8"  the figures to measure (others are not loaded)
+#   BENCH_FIGURES="1 2 3 4 5 6 7 8 9 10"  the figures to measure (others are not loaded)
 #   BENCH_SKIP_HTTP=1    skip figures 5 and 8 (reported as n/a)
 #   SKIP_SETUP=1         do not run test/setup.sh (already built and installed)
 #   KEEP_BENCH_DIR=1     keep the scratch directory (logs, scripts)
@@ -78,7 +78,7 @@ CLIENTS=4
 THREADS=2
 WRK_ARGS=(-t2 -c8)
 BULK_ROWS=20000         # figure 7
-FIGURES=${BENCH_FIGURES:-1 2 3 4 5 6 7 8}
+FIGURES=${BENCH_FIGURES:-1 2 3 4 5 6 7 8 9 10}
 
 SCRATCH=""
 NGINX_PID=""
@@ -331,6 +331,28 @@ SELECT row_number() OVER (), s.key, s.id
 DROP TABLE bench_load;
 VACUUM ANALYZE bench_keys;
 EOF
+}
+
+# load_credits -- figures 9 and 10: a balance for the owners of bench_keys
+# i = 1..1000, and 8 keys of owner bench_one with one balance; the naive
+# baseline's balance table.
+load_credits() {
+	psql_db bench <<'EOF' || return 1
+SELECT count(*) FROM (SELECT apikeys.apikey_credit_add(k.owner, 'email_credit', 1000000000)
+	FROM bench_keys AS b JOIN apikeys.keys AS k ON k.id = b.id
+	WHERE b.i <= 1000 GROUP BY k.owner) AS s;
+CREATE TABLE bench_one_keys (i integer PRIMARY KEY, key text NOT NULL);
+INSERT INTO bench_one_keys
+SELECT i, (apikeys.apikey_create('bench_one', 'one ' || i)).key FROM generate_series(1, 8) AS i;
+SELECT apikeys.apikey_credit_add('bench_one', 'email_credit', 1000000000);
+CREATE TABLE bench_naive_balance (owner text PRIMARY KEY, balance numeric NOT NULL);
+INSERT INTO bench_naive_balance VALUES ('bench_one', 1000000000);
+VACUUM ANALYZE bench_one_keys;
+EOF
+	local owners
+	owners=$(sql_value bench "SELECT count(*) FROM apikeys.credit_pools WHERE key_id IS NULL") || return 1
+	say "credit balances: $owners"
+	[[ $owners -ge 900 ]] || { suite_error "only $owners balances for figures 9 and 10"; return 1; }
 }
 
 # load_analytics -- figure 6's two databases: the same 1,010 keys; usage rows
@@ -934,7 +956,7 @@ want() { [[ " $FIGURES " == *" $1 "* ]]; }
 main() {
 	local f
 	for f in $FIGURES; do
-		[[ $f =~ ^[1-8]$ ]] || die "BENCH_FIGURES: unknown figure '$f' (1 to 8)"
+		[[ $f =~ ^([1-9]|10)$ ]] || die "BENCH_FIGURES: unknown figure '$f' (1 to 10)"
 	done
 	trap_exit
 	trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
@@ -1026,6 +1048,41 @@ $lookup")" "the same script with i = random(1, 8): 8 hot keys"
 		run_group "figure 6" an_crowded an_alone
 	fi
 
+	# Figures 9 and 10: apikey_charge against apikey_validate, the same
+	# script shape on both sides (figure 9: keys i = 1..1000 of bench_keys,
+	# 1,000 owners each with a balance; figure 10: 8 keys of one owner, 16
+	# clients).  Balances are large enough never to run out in a run.
+	if want 9 || want 10; then
+		phase "load: credits for figures 9 and 10"
+		load_credits || die "loading the credits failed"
+	fi
+	if want 9; then
+		local pick="\\set i random(1, 1000)"
+		pgbench_variant charge1k bench "-f $(script charge1k "$pick
+SELECT * FROM apikeys.apikey_charge((SELECT key FROM bench_keys WHERE i = :i), 'email_credit');")" \
+			"apikey_charge of bench_keys i = random(1, 1000): 1,000 owners' balances"
+		pgbench_variant validate1k bench "-f $(script validate1k "$pick
+SELECT * FROM apikeys.apikey_validate((SELECT key FROM bench_keys WHERE i = :i));")" \
+			"apikey_validate, the same script shape and keys"
+		phase "figure 9: apikey_charge vs apikey_validate, 1,000 owners"
+		run_group "figure 9" charge1k validate1k
+	fi
+	if want 10; then
+		local one="\\set i random(1, 8)"
+		pgbench_variant charge_one bench "-c 16 -j 2 -f $(script charge_one "$one
+SELECT * FROM apikeys.apikey_charge((SELECT key FROM bench_one_keys WHERE i = :i), 'email_credit');")" \
+			"apikey_charge, 16 clients, 8 keys of one owner charging its one balance"
+		pgbench_variant validate_one bench "-c 16 -j 2 -f $(script validate_one "$one
+SELECT * FROM apikeys.apikey_validate((SELECT key FROM bench_one_keys WHERE i = :i));")" \
+			"apikey_validate, 16 clients, the same keys and script shape"
+		pgbench_variant naive_charge bench "-c 16 -j 2 -f $(script naive_charge "$one
+SELECT * FROM apikeys.apikey_validate((SELECT key FROM bench_one_keys WHERE i = :i));
+UPDATE bench_naive_balance SET balance = balance - 1 WHERE owner = 'bench_one' AND balance >= 1;")" \
+			"naive: apikey_validate + UPDATE balance = balance - 1 of one row, 16 clients"
+		phase "figure 10: apikey_charge of one owner, 16 clients, vs apikey_validate"
+		run_group "figure 10" charge_one validate_one naive_charge
+	fi
+
 	local http=no
 	if want 5; then
 		phase "figure 5: PostgREST keyed vs anonymous"
@@ -1074,6 +1131,9 @@ $lookup")" "the same script with i = random(1, 8): 8 hot keys"
 	elif want 8; then
 		figure_na 8 "PostgREST GET own table: key+RLS vs anon" ">= 0.85" "$TODO_REASON"
 	fi
+	want 9 && figure 9 "apikey_charge vs validate, 1,000 owners" charge1k validate1k ratio ">=" 0.80 tps
+	want 10 && figure 10 "apikey_charge one owner, 16 clients, vs validate" charge_one validate_one ratio ">=" 0.50 tps
+	want 10 && figure 10b "  same, vs naive validate + UPDATE balance" charge_one naive_charge ratio ">=" report tps
 	NOTES+=("ratio: measured / baseline, except 3 and 6 (cost per call: baseline tps / measured tps)")
 	want 4 && NOTES+=("4: both sides run '\\set i random(1, N)' + validate((SELECT key FROM bench_keys WHERE i = :i)); the lookup is on both sides and cancels")
 	want 5 && NOTES+=("5: the anonymous twin reads the same keys row and builds the same JSON as apikeys_api.credits(), without the key check")
