@@ -146,6 +146,32 @@ cached_result_tupdesc(FunctionCallInfo fcinfo, ResultDescCache *cache)
 	return tupdesc;
 }
 
+int
+validation_values(Outcome outcome, const KeyRow *row, Datum *values, bool *nulls)
+{
+	for (int i = 0; i < VALIDATION_NATTS; i++)
+		nulls[i] = false;
+	values[0] = BoolGetDatum(outcome == OUTCOME_VALID);
+	values[1] = CStringGetTextDatum(outcome_codes[outcome]);
+	if (row == NULL)
+	{
+		for (int i = 2; i < 8; i++)
+			nulls[i] = true;
+	}
+	else
+	{
+		values[2] = row->id;
+		values[3] = row->owner;
+		values[4] = row->name;
+		values[5] = row->scope;
+		values[6] = TimestampTzGetDatum(row->expires_at);
+		nulls[6] = !row->has_expiry;
+		values[7] = JsonbPGetDatum(row->metadata);
+		nulls[7] = (row->metadata == NULL);
+	}
+	return VALIDATION_NATTS;
+}
+
 /* Forms the apikeys.validation row for outcome, with the key's details if known. */
 static Datum
 validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row)
