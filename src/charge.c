@@ -16,6 +16,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
@@ -26,6 +27,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "credits_internal.h"
@@ -99,7 +101,13 @@ pool_cache_reset(void)
 	pool_cache_stale = false;
 }
 
-/* Looks the pool up in apikeys.credit_pools; 0 if there is none. */
+/*
+ * Looks the pool up in apikeys.credit_pools; 0 if there is none.  The
+ * lookup runs as the table's owner (as a SECURITY DEFINER function would,
+ * only on a cache miss): EXECUTE on apikey_charge is the only gate, as for
+ * apikey_validate.  An error restores the caller's identity with the
+ * (sub)transaction's abort.
+ */
 static int64
 pool_lookup(bool quota, text *name, text *credit)
 {
@@ -107,6 +115,18 @@ pool_lookup(bool quota, text *name, text *credit)
 	Datum		args[2] = {PointerGetDatum(name), PointerGetDatum(credit)};
 	int64		pool = 0;
 	int			i = quota ? 1 : 0;
+	HeapTuple	rel = SearchSysCache1(RELOID, ObjectIdGetDatum(pools_relid));
+	Oid			owner;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	if (!HeapTupleIsValid(rel))
+		elog(ERROR, "cache lookup failed for relation %u", pools_relid);
+	owner = ((Form_pg_class) GETSTRUCT(rel))->relowner;
+	ReleaseSysCache(rel);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
 
 	SPI_connect();
 	if (plans[i] == NULL)
@@ -133,6 +153,7 @@ pool_lookup(bool quota, text *name, text *credit)
 										   SPI_tuptable->tupdesc, 1, &isnull));
 	}
 	SPI_finish();
+	SetUserIdAndSecContext(save_userid, save_sec_context);
 	return pool;
 }
 
