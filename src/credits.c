@@ -757,34 +757,6 @@ credits_wanted(Oid dbid)
 	return wanted;
 }
 
-bool
-credits_pending(Oid dbid)
-{
-	HASH_SEQ_STATUS seq;
-	CreditEntry *e;
-	bool		pending = false;
-
-	if (credits_hash == NULL)
-		return false;
-	LWLockAcquire(credits_shared->lock, LW_SHARED);
-	hash_seq_init(&seq, credits_hash);
-	while ((e = hash_seq_search(&seq)) != NULL)
-	{
-		if (e->key.dbid != dbid)
-			continue;
-		SpinLockAcquire(&e->mutex);
-		pending = (e->spent > 0);
-		SpinLockRelease(&e->mutex);
-		if (pending)
-		{
-			hash_seq_term(&seq);
-			break;
-		}
-	}
-	LWLockRelease(credits_shared->lock);
-	return pending;
-}
-
 void
 credits_forget(Oid dbid, Oid keys_relid)
 {

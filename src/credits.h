@@ -58,8 +58,6 @@ extern bool charge_key(const KeyRow *row, text *credit, int64 cost, int64 *remai
 /* Forgets every credit entry of a dropped database or extension instance. */
 extern void credits_forget(Oid dbid, Oid keys_relid);
 
-/* True if database dbid has credit work for its worker (leases wanted, spends to settle). */
-extern bool credits_pending(Oid dbid);
 /* True if a charge found the credit table full within the last seconds. */
 extern bool credits_pressure(void);
 /* True if some backend waits for the worker (lease, refill, room). */

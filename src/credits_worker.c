@@ -141,6 +141,13 @@ credits_settle_body(void *arg)
 
 	if (!has_credits())
 		return;
+	/*
+	 * A row an administrator holds locked (apikey_credit_add in an open
+	 * transaction) must not hold up the worker's loop: the pass gives up
+	 * after a moment, its operations are undone, and the next flush retries.
+	 */
+	if (SPI_execute("SET LOCAL lock_timeout = '500ms'", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not set lock_timeout");
 
 	LWLockAcquire(credits_shared->lock, LW_SHARED);
 	hash_seq_init(&seq, credits_hash);

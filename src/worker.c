@@ -305,6 +305,17 @@ retention_body(void *arg)
 							  "   OPERATOR(pg_catalog.-) $1)",
 							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not apply usage retention");
+	/* per-key credit spend (a database still on 0.1's schema has none) */
+	if (SPI_execute("SELECT 1 WHERE pg_catalog.to_regclass('apikeys.credit_usage') IS NOT NULL",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up apikeys.credit_usage");
+	if (SPI_processed == 1 &&
+		SPI_execute_with_args("DELETE FROM apikeys.credit_usage u"
+							  " WHERE u.day OPERATOR(pg_catalog.<)"
+							  "  (pg_catalog.timezone('UTC', pg_catalog.now())::pg_catalog.date"
+							  "   OPERATOR(pg_catalog.-) $1)",
+							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not apply credit usage retention");
 }
 
 /*
