@@ -2,8 +2,9 @@
 # examples/demo.sh -- `make demo`: build and install apikeys, keep a local
 # PostgreSQL 15 cluster with the extension preloaded, walk through
 # examples/demo.sql in a fresh database, then serve the HTTP API with
-# PostgREST and nginx from examples/postgrest/ and run the seed's curl calls
-# against it, printing each request and response.
+# PostgREST and nginx from examples/postgrest/ (with the metered endpoint of
+# examples/postgrest/verify.sql) and run the seed's curl calls against it,
+# printing each request and response.
 #
 #   bash examples/demo.sh          set up / restart everything and run the demo
 #   bash examples/demo.sh stop     stop everything the demo started (`make demo-stop`)
@@ -230,6 +231,10 @@ run_http_demo() {
 				CREATE ROLE authenticator LOGIN NOINHERIT;
 			END IF;
 		END \$\$" -c "GRANT apikeys_anon TO authenticator"
+	# The deployment's metered endpoint, POST /v1/verify/email (before
+	# PostgREST starts, so that its schema cache has it).
+	psql_demo "$DB" -c "SET client_min_messages = warning" -f - <"$REPO/examples/postgrest/verify.sql" ||
+		die "examples/postgrest/verify.sql failed"
 
 	echo
 	echo "-- The first key comes from SQL (a superuser or apikeys_admin):"
@@ -253,7 +258,21 @@ run_http_demo() {
 
 	call "list the owner's keys: no key material, just the prefix" 200 GET /v1/api-keys "$boot"
 	call "usage analytics for 30 days" 200 GET '/v1/api-keys/analytics?days=30' "$boot"
-	call "the credits check with the new key: a valid key gets 200" 200 GET /v1/account/credits "$new"
+	call "the credits check with the new key: a valid key gets 200 (no balances yet: {})" 200 \
+		GET /v1/account/credits "$new"
+
+	echo
+	echo "-- Credits come from SQL (a superuser or apikeys_admin):"
+	q="SELECT apikeys.apikey_credit_add('acme', 'email_credit', 1000), apikeys.apikey_credit_add('acme', 'phone_credit', 500)"
+	echo "\$ psql -d $DB -c \"$q\""
+	psql_demo "$DB" -At -c "$q" >/dev/null || die "could not add credits"
+	call "the account's balances" 200 GET /v1/account/credits "$new"
+	call "the metered endpoint (examples/postgrest/verify.sql): 1 email_credit a request" 200 \
+		POST /v1/verify/email "$new" '{"email": "jane.doe@example.com"}'
+	call "the balance is 1 lower" 200 GET /v1/account/credits "$new"
+	call "a request that fails costs nothing (its transaction, and the charge, roll back)" 400 \
+		POST /v1/verify/email "$new" '{"email": ""}'
+	call "the balance is unchanged" 200 GET /v1/account/credits "$new"
 	call "revoke the new key" 204 DELETE "/v1/api-keys/$new_id" "$boot"
 	call "the revoked key is refused from now on" 401 GET /v1/account/credits "$new"
 	rm -f "$HTTP_DIR/body" "$HTTP_DIR/headers" # they held a key in full

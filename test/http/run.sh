@@ -10,7 +10,9 @@
 # PostgREST and nginx on loopback with run-time copies of the SHIPPED configs
 # examples/postgrest/{postgrest,nginx}.conf (only db-uri and, when a port is
 # busy, the ports are changed), and sends the seeds' curl calls through
-# nginx. Most checks are rows of request tables (see run_table). One line per
+# nginx, and the credits checks of test/http/credits.sh against the metered
+# endpoint of examples/postgrest/verify.sql (loaded before PostgREST
+# starts). Most checks are rows of request tables (see run_table). One line per
 # check ("ok - ..." / "not ok - ..."), then "N passed, N failed" alone on the
 # last line; exits non-zero on any failure. PostgREST, nginx and the cluster
 # are stopped by their pids at the end, pass or fail.
@@ -129,6 +131,14 @@ if out=$(sql "CREATE EXTENSION apikeys CASCADE" \
 	ok "CREATE EXTENSION apikeys CASCADE; authenticator role granted apikeys_anon"
 else
 	bail "CREATE EXTENSION apikeys CASCADE; authenticator role granted apikeys_anon" "$out"
+fi
+
+# The example deployment's metered endpoint (POST /v1/verify/email), as
+# examples/postgrest/verify.sql says: loaded before PostgREST starts.
+if out=$(psql_at "$SOCK" "$PGPORT_" "$DB" -f - <"$ROOT/examples/postgrest/verify.sql" 2>&1); then
+	ok "examples/postgrest/verify.sql loads (schema apexverify, route POST /rpc/verify_email)"
+else
+	bail "examples/postgrest/verify.sql loads" "$out"
 fi
 
 # The first key comes from SQL, as superuser: the documented bootstrap.
@@ -496,10 +506,15 @@ else
 		"last answer $CODE; $((lines_after - lines_before)) lines added" "$(tail -n 5 "$S/pg/server.log")"
 fi
 
+# ---------------------------------------------------------------- credits (issue 13)
+
+# shellcheck source=test/http/credits.sh
+source "$ROOT/test/http/credits.sh"
+
 # ---------------------------------------------------------------- logs
 
 leaked=()
-for k in "$BOOT" "$NEW" "$GHOST" "$OLD" "$VERIFY" "$READER" "$ADMIN" "$OTHER" "$OFFICE" "$LOOP" "$METERED" "$BOXED"; do
+for k in "$BOOT" "$NEW" "$GHOST" "$OLD" "$VERIFY" "$READER" "$ADMIN" "$OTHER" "$OFFICE" "$LOOP" "$METERED" "$BOXED" "${CREDIT_KEYS[@]}"; do
 	[[ -n $k ]] && grep -qrF -- "$k" "$S/pg/server.log" "$S/postgrest.log" "$N"/*.log && leaked+=("${k:0:8}...")
 done
 if [[ ${#leaked[@]} -eq 0 ]]; then
