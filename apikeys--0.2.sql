@@ -1199,8 +1199,8 @@ BEGIN
 	  FROM apikeys.credit_usage AS u
 	  JOIN apikeys.keys AS k ON k.id OPERATOR(pg_catalog.=) u.key_id
 	 WHERE k.owner OPERATOR(pg_catalog.=) apikey_credit_usage.owner
-	   AND u.day OPERATOR(pg_catalog.>) pg_catalog.timezone('UTC', pg_catalog.now())::date
-										OPERATOR(pg_catalog.-) apikey_credit_usage.days
+	   AND u.day OPERATOR(pg_catalog.>) (pg_catalog.timezone('UTC', pg_catalog.now())::date
+										 OPERATOR(pg_catalog.-) apikey_credit_usage.days)
 	 ORDER BY u.day DESC, u.key_id, u.credit;
 END
 $$;
