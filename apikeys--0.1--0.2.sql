@@ -554,7 +554,7 @@ $$;
 
 ALTER TABLE apikeys.audit DROP CONSTRAINT audit_event_check,
 	ADD CONSTRAINT audit_event_check
-	CHECK (event OPERATOR(pg_catalog.=) ANY ('{created,revoked,rotated,expired,route_added,route_changed,route_removed,credits_added,credit_alert_set,quota_set,quota_removed,quota_refilled,credits_written_off}'));
+	CHECK (event OPERATOR(pg_catalog.=) ANY ('{created,revoked,rotated,expired,route_added,route_changed,route_removed,credits_added,credit_alert_set,quota_set,quota_removed,quota_refilled,credits_written_off,ratelimit_set,ratelimit_dropped}'));
 
 ------------------------------------------------------------------------------
 -- Credits (SPEC section 11): balances per owner and credit, quotas per key,
@@ -622,6 +622,9 @@ CREATE TYPE apikeys.charge AS (
 	scope		text,
 	expires_at	timestamptz,
 	metadata	jsonb,
+	ratelimit_limit		integer,
+	ratelimit_remaining	integer,
+	ratelimit_reset		timestamptz,
 	credit		text,
 	cost		numeric,
 	remaining	numeric
@@ -654,6 +657,25 @@ $$;
 COMMENT ON FUNCTION apikeys._credit_display(numeric) IS
 	'Internal: an amount of credits with at least one decimal and no trailing zeros';
 
+-- 22023 unless owner is an owner: not NULL or blank, at most 200 characters
+-- (as apikey_create requires).
+CREATE FUNCTION apikeys._require_owner(owner text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM apikeys._require_text('owner', owner);
+	IF pg_catalog.char_length(owner) OPERATOR(pg_catalog.>) 200 THEN
+		RAISE EXCEPTION 'owner must be at most 200 characters long'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.format('The owner given is %s characters long.',
+											 pg_catalog.char_length(owner));
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys._require_owner(text) IS
+	'Internal: 22023 unless owner is not NULL or blank and at most 200 characters';
+
 -- 22023 unless credit is a credit name.
 CREATE FUNCTION apikeys._require_credit(credit text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
@@ -681,7 +703,11 @@ BEGIN
 	IF amount IS NULL THEN
 		RAISE EXCEPTION '% must not be null', argname USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF amount OPERATOR(pg_catalog.=) 'NaN' OR pg_catalog.abs(amount) OPERATOR(pg_catalog.>) 99999999999999 THEN
+	IF amount OPERATOR(pg_catalog.=) 'NaN' OR amount OPERATOR(pg_catalog.=) 'Infinity'
+	   OR amount OPERATOR(pg_catalog.=) '-Infinity' THEN
+		RAISE EXCEPTION '% must be a finite number', argname USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF pg_catalog.abs(amount) OPERATOR(pg_catalog.>) 99999999999999 THEN
 		RAISE EXCEPTION '% is out of range', argname
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'An amount of credits is at most 99999999999999.';
@@ -764,7 +790,7 @@ DECLARE
 	back numeric;
 	balance numeric;
 BEGIN
-	PERFORM apikeys._require_text('owner', apikey_credit_add.owner);
+	PERFORM apikeys._require_owner(apikey_credit_add.owner);
 	PERFORM apikeys._require_credit(apikey_credit_add.credit);
 	PERFORM apikeys._require_amount('amount', amount, true);
 	INSERT INTO apikeys.credit_pools (owner, credit)
@@ -778,6 +804,10 @@ BEGIN
 	-- the lease's free part comes back to the row, so the whole balance is here
 	back := apikeys._credit_recall(p.id);
 	balance := p.available OPERATOR(pg_catalog.+) back OPERATOR(pg_catalog.+) amount;
+	IF balance OPERATOR(pg_catalog.>) 99999999999999 THEN
+		RAISE EXCEPTION 'balance of credit "%" cannot exceed 99999999999999', apikey_credit_add.credit
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 	IF balance OPERATOR(pg_catalog.<) 0 THEN
 		RAISE EXCEPTION 'balance of credit "%" cannot go below 0', apikey_credit_add.credit
 			USING ERRCODE = 'invalid_parameter_value',
@@ -809,7 +839,7 @@ LANGUAGE plpgsql STABLE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM apikeys._require_text('owner', apikey_credits.owner);
+	PERFORM apikeys._require_owner(apikey_credits.owner);
 	RETURN (SELECT COALESCE(pg_catalog.jsonb_object_agg(p.credit,
 				apikeys._credit_display(apikeys._credit_live(p.id, p.available))), '{}')
 			  FROM apikeys.credit_pools AS p
@@ -826,7 +856,7 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-	PERFORM apikeys._require_text('owner', apikey_credit_alert.owner);
+	PERFORM apikeys._require_owner(apikey_credit_alert.owner);
 	PERFORM apikeys._require_credit(apikey_credit_alert.credit);
 	IF below IS NOT NULL THEN
 		PERFORM apikeys._require_amount('below', below, false);
@@ -932,7 +962,7 @@ LANGUAGE plpgsql STABLE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM apikeys._require_text('owner', apikey_credit_usage.owner);
+	PERFORM apikeys._require_owner(apikey_credit_usage.owner);
 	PERFORM apikeys._require_days(apikey_credit_usage.days);
 	RETURN QUERY
 	SELECT u.key_id, u.day, u.credit, apikeys._credit_display(u.spent)
@@ -1017,15 +1047,23 @@ COMMENT ON FUNCTION apikeys._credit_serve(bigint[], numeric[], boolean[], numeri
 CREATE FUNCTION apikeys._credit_settle(pools bigint[], gens integer[], spent numeric[],
 	spend_keys text[], spend_days date[], spend_pools bigint[], spend_amounts numeric[],
 	back_pools bigint[], back_gens integer[], back_amounts numeric[])
-RETURNS void
+RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	got bigint[];
 BEGIN
+	-- rows an administrator holds are skipped (returned), never waited for
+	SELECT COALESCE(pg_catalog.array_agg(l.id), '{}') INTO got
+	  FROM (SELECT p.id FROM apikeys.credit_pools AS p
+			 WHERE p.id OPERATOR(pg_catalog.=) ANY (pools OPERATOR(pg_catalog.||) back_pools)
+			 ORDER BY p.id FOR UPDATE SKIP LOCKED) AS l;
 	UPDATE apikeys.credit_pools AS p
 	   SET leased = p.leased OPERATOR(pg_catalog.-) s.spent
 	  FROM ROWS FROM (pg_catalog.unnest(pools), pg_catalog.unnest(gens), pg_catalog.unnest(spent)) AS s(id, gen, spent)
-	 WHERE p.id OPERATOR(pg_catalog.=) s.id AND p.generation OPERATOR(pg_catalog.=) s.gen;
+	 WHERE p.id OPERATOR(pg_catalog.=) s.id AND p.generation OPERATOR(pg_catalog.=) s.gen
+	   AND p.id OPERATOR(pg_catalog.=) ANY (got);
 	INSERT INTO apikeys.credit_usage AS u (key_id, day, credit, spent)
 	SELECT s.key_id, s.day, p.credit, pg_catalog.sum(s.amount)
 	  FROM ROWS FROM (pg_catalog.unnest(spend_keys), pg_catalog.unnest(spend_days), pg_catalog.unnest(spend_pools), pg_catalog.unnest(spend_amounts))
@@ -1040,27 +1078,26 @@ BEGIN
 		   leased = p.leased OPERATOR(pg_catalog.-) b.amount
 	  FROM ROWS FROM (pg_catalog.unnest(back_pools), pg_catalog.unnest(back_gens), pg_catalog.unnest(back_amounts)) AS b(id, gen, amount)
 	 WHERE p.id OPERATOR(pg_catalog.=) b.id AND p.generation OPERATOR(pg_catalog.=) b.gen
-	   AND b.amount OPERATOR(pg_catalog.>) 0;
+	   AND b.amount OPERATOR(pg_catalog.>) 0 AND p.id OPERATOR(pg_catalog.=) ANY (got);
 	PERFORM pg_catalog.pg_notify('apikeys_credits_low',
-			pg_catalog.jsonb_build_object('owner', l.owner, 'credit', l.credit,
-										  'balance', l.balance)::text)
-	  FROM (SELECT p.owner, p.credit,
-				   apikeys._credit_display(apikeys._credit_live(p.id, p.available)) AS balance
-			  FROM apikeys.credit_pools AS p
-			 WHERE p.id OPERATOR(pg_catalog.=) ANY (pools)
-			   AND p.key_id IS NULL AND p.low_balance IS NOT NULL AND NOT p.low_notified) AS l
-	 WHERE l.balance OPERATOR(pg_catalog.<) (SELECT p.low_balance FROM apikeys.credit_pools AS p
-											  WHERE p.owner OPERATOR(pg_catalog.=) l.owner
-												AND p.credit OPERATOR(pg_catalog.=) l.credit
-												AND p.key_id IS NULL);
-	UPDATE apikeys.credit_pools AS p SET low_notified = true
-	 WHERE p.id OPERATOR(pg_catalog.=) ANY (pools)
+			pg_catalog.jsonb_build_object('owner', p.owner, 'credit', p.credit,
+				'balance', apikeys._credit_display(apikeys._credit_live(p.id, p.available)))::text)
+	  FROM apikeys.credit_pools AS p
+	 WHERE p.id OPERATOR(pg_catalog.=) ANY (got) AND p.id OPERATOR(pg_catalog.=) ANY (pools)
 	   AND p.key_id IS NULL AND p.low_balance IS NOT NULL AND NOT p.low_notified
 	   AND apikeys._credit_live(p.id, p.available) OPERATOR(pg_catalog.<) p.low_balance;
+	UPDATE apikeys.credit_pools AS p SET low_notified = true
+	 WHERE p.id OPERATOR(pg_catalog.=) ANY (got) AND p.id OPERATOR(pg_catalog.=) ANY (pools)
+	   AND p.key_id IS NULL AND p.low_balance IS NOT NULL AND NOT p.low_notified
+	   AND apikeys._credit_live(p.id, p.available) OPERATOR(pg_catalog.<) p.low_balance;
+	RETURN QUERY
+	SELECT x FROM pg_catalog.unnest(pools OPERATOR(pg_catalog.||) back_pools) AS x
+	 WHERE NOT x OPERATOR(pg_catalog.=) ANY (got)
+	   AND EXISTS (SELECT FROM apikeys.credit_pools AS p WHERE p.id OPERATOR(pg_catalog.=) x);
 END
 $$;
 COMMENT ON FUNCTION apikeys._credit_settle(bigint[], integer[], numeric[], text[], date[], bigint[], numeric[], bigint[], integer[], numeric[]) IS
-	'Internal (worker): settles spent credits, writes per-key spend, returns idle leases, announces low balances';
+	'Internal (worker): settles spent credits, writes per-key spend, returns idle leases, announces low balances; returns the pools it skipped (locked)';
 
 REVOKE ALL ON TABLE apikeys.credit_pools, apikeys.credit_usage FROM PUBLIC;
 REVOKE ALL ON SEQUENCE apikeys.credit_pools_id_seq FROM PUBLIC;
@@ -1074,6 +1111,7 @@ REVOKE ALL ON FUNCTION
 	apikeys._credit_apply(bigint, numeric, numeric, integer, timestamptz, boolean, boolean, numeric, boolean),
 	apikeys._credit_live(bigint, numeric), apikeys._credit_display(numeric),
 	apikeys._require_credit(text), apikeys._require_amount(text, numeric, boolean),
+	apikeys._require_owner(text),
 	apikeys._quota_period_start(text, integer, timestamptz), apikeys._quota_refill_date(date, integer),
 	apikeys._quota_period_end(text, integer, date),
 	apikeys._credit_serve(bigint[], numeric[], boolean[], numeric),
@@ -1102,6 +1140,188 @@ END
 $$;
 COMMENT ON FUNCTION apikeys_api.credits() IS
 	'GET /v1/account/credits: the balances of the key''s owner ({} when none)';
+
+------------------------------------------------------------------------------
+-- Rate limits (SPEC section 12): named limits on a key or on an owner,
+-- counted in shared memory by apikey_validate and apikey_charge
+-- (src/ratelimit.c says how).
+------------------------------------------------------------------------------
+
+CREATE TABLE apikeys.ratelimits (
+	id			bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+	name		text NOT NULL CHECK (name OPERATOR(pg_catalog.~) '^[A-Za-z0-9_.:-]{1,64}$'),
+	key_id		text REFERENCES apikeys.keys (id) ON DELETE CASCADE,
+	owner		text,
+	max			integer NOT NULL CHECK (max OPERATOR(pg_catalog.>) 0),
+	per			interval NOT NULL
+				CHECK (per OPERATOR(pg_catalog.>=) interval '1 second'
+					   AND per OPERATOR(pg_catalog.<=) interval '1 day'),
+	CHECK ((key_id IS NULL) OPERATOR(pg_catalog.<>) (owner IS NULL))
+);
+CREATE UNIQUE INDEX ratelimits_key_idx ON apikeys.ratelimits (key_id, name)
+	WHERE key_id IS NOT NULL;
+CREATE UNIQUE INDEX ratelimits_owner_idx ON apikeys.ratelimits (owner, name)
+	WHERE owner IS NOT NULL;
+COMMENT ON TABLE apikeys.ratelimits IS
+	'Rate limits: at most max requests in any window of length per, for one key or shared by an owner''s keys';
+-- every change reaches every backend's limit cache at commit (and on subscribers)
+CREATE TRIGGER ratelimits_invalidate_cache
+	AFTER INSERT OR UPDATE OR DELETE ON apikeys.ratelimits
+	FOR EACH ROW EXECUTE FUNCTION apikeys._invalidate_cache();
+ALTER TABLE apikeys.ratelimits ENABLE ALWAYS TRIGGER ratelimits_invalidate_cache;
+CREATE TRIGGER ratelimits_invalidate_cache_truncate
+	AFTER TRUNCATE ON apikeys.ratelimits
+	FOR EACH STATEMENT EXECUTE FUNCTION apikeys._invalidate_cache();
+ALTER TABLE apikeys.ratelimits ENABLE ALWAYS TRIGGER ratelimits_invalidate_cache_truncate;
+SELECT pg_catalog.pg_extension_config_dump('apikeys.ratelimits', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.ratelimits_id_seq', '');
+
+-- 22023 unless exactly one of key_id and owner is given.
+CREATE FUNCTION apikeys._require_one_target(key_id text, owner text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF (key_id IS NULL) OPERATOR(pg_catalog.=) (owner IS NULL) THEN
+		RAISE EXCEPTION 'give exactly one of key_id and owner'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A rate limit belongs to one key, or to an owner (shared by all its keys).';
+	END IF;
+	IF owner IS NOT NULL THEN
+		PERFORM apikeys._require_owner(owner);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys._require_one_target(text, text) IS
+	'Internal: 22023 unless exactly one of key_id and owner is given';
+
+CREATE FUNCTION apikeys.apikey_ratelimit_set(name text, max integer, per interval,
+	key_id text DEFAULT NULL, owner text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	k apikeys.keys;
+	who text := apikey_ratelimit_set.owner;
+BEGIN
+	PERFORM apikeys._require_one_target(apikey_ratelimit_set.key_id, apikey_ratelimit_set.owner);
+	IF apikey_ratelimit_set.name IS NULL
+	   OR apikey_ratelimit_set.name OPERATOR(pg_catalog.!~) '^[A-Za-z0-9_.:-]{1,64}$' THEN
+		RAISE EXCEPTION 'invalid rate limit name'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A rate limit name is 1 to 64 characters of A-Z, a-z, 0-9, _, ., : and -.';
+	END IF;
+	IF apikey_ratelimit_set.max IS NULL OR apikey_ratelimit_set.max OPERATOR(pg_catalog.<=) 0 THEN
+		RAISE EXCEPTION 'max must be a positive number of requests'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF apikey_ratelimit_set.per IS NULL
+	   OR apikey_ratelimit_set.per OPERATOR(pg_catalog.<) interval '1 second'
+	   OR apikey_ratelimit_set.per OPERATOR(pg_catalog.>) interval '1 day' THEN
+		RAISE EXCEPTION 'per must be between 1 second and 1 day'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.format('The interval given was %s.',
+											 COALESCE(apikey_ratelimit_set.per::text, 'NULL'));
+	END IF;
+	IF apikey_ratelimit_set.key_id IS NOT NULL THEN
+		SELECT * INTO k FROM apikeys.keys AS t
+		 WHERE t.id OPERATOR(pg_catalog.=) apikey_ratelimit_set.key_id;
+		IF NOT FOUND THEN
+			PERFORM apikeys._no_such_key(apikey_ratelimit_set.key_id);
+		END IF;
+		who := k.owner;
+		INSERT INTO apikeys.ratelimits AS r (name, key_id, max, per)
+		VALUES (apikey_ratelimit_set.name, k.id, apikey_ratelimit_set.max, apikey_ratelimit_set.per)
+		ON CONFLICT (key_id, name) WHERE key_id IS NOT NULL
+		DO UPDATE SET max = excluded.max, per = excluded.per;
+	ELSE
+		INSERT INTO apikeys.ratelimits AS r (name, owner, max, per)
+		VALUES (apikey_ratelimit_set.name, apikey_ratelimit_set.owner,
+				apikey_ratelimit_set.max, apikey_ratelimit_set.per)
+		ON CONFLICT (owner, name) WHERE owner IS NOT NULL
+		DO UPDATE SET max = excluded.max, per = excluded.per;
+	END IF;
+	PERFORM apikeys._audit('ratelimit_set', COALESCE(apikey_ratelimit_set.key_id, ''), who,
+						   pg_catalog.jsonb_build_object('name', apikey_ratelimit_set.name,
+														 'max', apikey_ratelimit_set.max,
+														 'per', apikey_ratelimit_set.per));
+END
+$$;
+COMMENT ON FUNCTION apikeys.apikey_ratelimit_set(text, integer, interval, text, text) IS
+	'Sets rate limit name of key_id or of owner (shared by its keys): at most max requests in any window of length per (1 second to 1 day)';
+
+CREATE FUNCTION apikeys.apikey_ratelimit_drop(name text, key_id text DEFAULT NULL,
+	owner text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r apikeys.ratelimits;
+BEGIN
+	PERFORM apikeys._require_one_target(apikey_ratelimit_drop.key_id, apikey_ratelimit_drop.owner);
+	DELETE FROM apikeys.ratelimits AS t
+	 WHERE t.name OPERATOR(pg_catalog.=) apikey_ratelimit_drop.name
+	   AND (t.key_id OPERATOR(pg_catalog.=) apikey_ratelimit_drop.key_id
+			OR t.owner OPERATOR(pg_catalog.=) apikey_ratelimit_drop.owner)
+	RETURNING * INTO r;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	PERFORM apikeys._audit('ratelimit_dropped', COALESCE(r.key_id, ''),
+						   COALESCE(r.owner, (SELECT k.owner FROM apikeys.keys AS k
+											   WHERE k.id OPERATOR(pg_catalog.=) r.key_id)),
+						   pg_catalog.jsonb_build_object('name', r.name, 'max', r.max, 'per', r.per));
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION apikeys.apikey_ratelimit_drop(text, text, text) IS
+	'Drops rate limit name of key_id or of owner; false if there was none';
+
+CREATE FUNCTION apikeys.apikey_ratelimits(owner text)
+RETURNS TABLE (name text, key_id text, max integer, per interval)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM apikeys._require_owner(apikey_ratelimits.owner);
+	RETURN QUERY
+	SELECT r.name, r.key_id, r.max, r.per
+	  FROM apikeys.ratelimits AS r
+	 WHERE r.owner OPERATOR(pg_catalog.=) apikey_ratelimits.owner
+		OR r.key_id OPERATOR(pg_catalog.=) ANY (
+			SELECT k.id FROM apikeys.keys AS k
+			 WHERE k.owner OPERATOR(pg_catalog.=) apikey_ratelimits.owner)
+	 ORDER BY r.key_id NULLS FIRST, r.name;
+END
+$$;
+COMMENT ON FUNCTION apikeys.apikey_ratelimits(text) IS
+	'The rate limits of owner (key_id NULL) and of its keys';
+
+REVOKE ALL ON TABLE apikeys.ratelimits FROM PUBLIC;
+REVOKE ALL ON SEQUENCE apikeys.ratelimits_id_seq FROM PUBLIC;
+REVOKE ALL ON FUNCTION
+	apikeys.apikey_ratelimit_set(text, integer, interval, text, text),
+	apikeys.apikey_ratelimit_drop(text, text, text),
+	apikeys.apikey_ratelimits(text),
+	apikeys._require_one_target(text, text)
+FROM PUBLIC;
+-- Rate limits: administrators set them; the table holds no key material.
+GRANT EXECUTE ON FUNCTION
+	apikeys.apikey_ratelimit_set(text, integer, interval, text, text),
+	apikeys.apikey_ratelimit_drop(text, text, text),
+	apikeys.apikey_ratelimits(text)
+TO apikeys_admin;
+GRANT SELECT ON apikeys.ratelimits TO apikeys_admin;
+
+-- the validation record gains the rate limit's columns, after 0.1's
+ALTER TYPE apikeys.validation
+	ADD ATTRIBUTE ratelimit_limit integer,
+	ADD ATTRIBUTE ratelimit_remaining integer,
+	ADD ATTRIBUTE ratelimit_reset timestamptz;
+
 
 ------------------------------------------------------------------------------
 -- Your own API behind keys (SPEC section 14): the authenticated key in SQL,

@@ -95,7 +95,7 @@ UPDATE apikeys.routes SET permission = 'reports:read' WHERE path = '/reports' AN
 DELETE FROM apikeys.routes WHERE path = '/public';
 SELECT event, detail->>'method' AS method, detail->>'path' AS path, detail->>'permission' AS permission
   FROM apikeys.audit WHERE event LIKE 'route%' ORDER BY event_id;
--- a route with a credit waits for credits
+-- a route with a credit is accepted (credits charge it: see credits.sql)
 SELECT * FROM regress.error_of($$INSERT INTO apikeys.routes (method, path, permission, credit, cost)
 	VALUES ('POST', '/verify', 'verify:email', 'email_credit', 1)$$);
 SELECT * FROM regress.error_of($$INSERT INTO apikeys.routes (method, path) VALUES ('get', 'todos')$$);

@@ -25,6 +25,7 @@
 #include "guc.h"
 #include "identity.h"
 #include "launcher.h"
+#include "ratelimit.h"
 #include "slots.h"
 #include "usage.h"
 
@@ -42,7 +43,8 @@ apikeys_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(add_size(add_size(usage_shmem_size(), slots_shmem_size()),
-								   credits_shmem_size()));
+									add_size(credits_shmem_size(), ratelimit_shmem_size())));
+	ratelimit_shmem_request();
 	RequestNamedLWLockTranche(APIKEYS_TRANCHE, APIKEYS_NUM_LOCKS);
 }
 
@@ -56,6 +58,7 @@ apikeys_shmem_startup(void)
 	usage_shmem_startup();
 	slots_shmem_startup();
 	credits_shmem_startup();
+	ratelimit_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -251,8 +251,10 @@ apikey_charge(PG_FUNCTION_ARGS)
 	int64		cost;
 	int64		remaining = 0;
 	TupleDesc	tupdesc;
-	Datum		values[11];
-	bool		nulls[11] = {false};
+	Datum		values[VALIDATION_NATTS + 3];
+	bool		nulls[VALIDATION_NATTS + 3] = {false};
+	RateInfo	rate;
+	RateTaken	taken;
 	int			nvalid;
 
 	apikeys_require_preload();
@@ -274,15 +276,22 @@ apikey_charge(PG_FUNCTION_ARGS)
 							PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3),
 							PG_ARGISNULL(4) ? NULL : &addr,
 							ADDRESS_GIVEN_OR_CONNECTION, &row);
+	outcome = apikey_limit(outcome, &row, &rate, &taken);
 	if (outcome == OUTCOME_VALID && !charge_key(&row, credit, cost, &remaining))
+	{
+		/* refused: the request consumes nothing anywhere */
+		ratelimit_give_back(&taken);
+		if (rate.limited)
+			rate.remaining++;
 		outcome = OUTCOME_INSUFFICIENT_CREDITS;
+	}
 	if (outcome != OUTCOME_MALFORMED && outcome != OUTCOME_NOT_FOUND)
 		apikey_count(&row, outcome == OUTCOME_VALID);
 
 	tupdesc = cached_result_tupdesc(fcinfo, &result_desc);
 	nvalid = validation_values(outcome, (outcome == OUTCOME_MALFORMED ||
 										 outcome == OUTCOME_NOT_FOUND) ? NULL : &row,
-							   values, nulls);
+							   &rate, VALIDATION_NATTS, values, nulls);
 	values[nvalid] = PointerGetDatum(credit);
 	values[nvalid + 1] = PG_GETARG_DATUM(2);
 	if (outcome == OUTCOME_VALID || outcome == OUTCOME_INSUFFICIENT_CREDITS)

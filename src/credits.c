@@ -38,8 +38,9 @@
  * charged) back to available.  PREPARE TRANSACTION is refused while a
  * charge or credit change is in flight: its end would come in another
  * process.  A charge that finds too little waits only for the worker (a
- * lease or a refill), or for other transactions' reservations to end when
- * it holds none itself, so waits never form a cycle.
+ * lease or a refill), or for other transactions' reservations or recalls
+ * to end when it holds none itself (and never for its own), so waits
+ * never form a cycle; that wait honours lock_timeout.
  *
  * Quotas refill by reset: a new generation of the row (quota_set, refill)
  * voids what was left of the old lease; reservations of the old
@@ -51,6 +52,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
+#include "storage/proc.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -211,6 +213,8 @@ static int	nops = 0;
 static int	maxops = 0;
 static bool holds_reservation = false;
 
+static bool op_finish(CreditOp *op, bool commit);
+
 static CreditOp *
 op_new(OpKind kind, const CreditKey *key)
 {
@@ -280,6 +284,26 @@ credit_op_apply(const CreditKey *key, int64 table_available, int64 leased,
 	op->reset = reset;
 	op->amount = granted;
 	op->synced = synced;
+}
+
+void
+credit_op_cancel(const CreditKey *key)
+{
+	int			kept = 0;
+
+	LWLockAcquire(credits_shared->lock, LW_SHARED);
+	for (int i = 0; i < nops; i++)
+	{
+		if (memcmp(&ops[i].key, key, sizeof(CreditKey)) == 0 &&
+			(ops[i].kind == OP_SETTLE || ops[i].kind == OP_RECALL || ops[i].kind == OP_REMOVE))
+		{
+			(void) op_finish(&ops[i], false);
+			continue;
+		}
+		ops[kept++] = ops[i];
+	}
+	LWLockRelease(credits_shared->lock);
+	nops = kept;
 }
 
 bool
@@ -509,6 +533,11 @@ take(CreditEntry *e, int64 cost, TimestampTz now, bool *prefetch)
 			*prefetch = true;
 		}
 	}
+	else if (e->recalling > 0)
+	{
+		/* a recall in flight ends with its transaction: credits stay or return */
+		result = TAKE_WAIT_OTHERS;
+	}
 	else if (e->table_available > 0)
 	{
 		e->want = Max(e->want, cost - e->available);
@@ -594,6 +623,7 @@ credits_charge(Oid keys_relid, int64 balance_pool, int64 quota_pool, int64 cost,
 	CreditEntry *bal;
 	CreditEntry *quota;
 	volatile TimestampTz started = 0;
+	volatile TimestampTz others_since = 0;
 	text	   *id = DatumGetTextPP(key_id);
 	ChargeResult result;
 
@@ -665,7 +695,10 @@ credits_charge(Oid keys_relid, int64 balance_pool, int64 quota_pool, int64 cost,
 				break;
 			}
 			worst = (tq != TAKE_DONE) ? tq : tb;
-			if (worst == TAKE_WAIT_OTHERS && holds_reservation)
+			/* never wait while holding what others may wait for, nor on oneself */
+			if (worst == TAKE_WAIT_OTHERS &&
+				(holds_reservation || credit_op_pending(&keys[0]) ||
+				 (quota_pool != 0 && credit_op_pending(&keys[1]))))
 				worst = TAKE_SHORT;
 			if (worst == TAKE_SHORT)
 			{
@@ -680,7 +713,21 @@ credits_charge(Oid keys_relid, int64 balance_pool, int64 quota_pool, int64 cost,
 		}
 
 		/* wait: for the worker, or for other transactions' reservations */
-		if (worst == TAKE_WAIT_WORKER)
+		if (worst == TAKE_WAIT_OTHERS)
+		{
+			if (others_since == 0)
+				others_since = now;
+			else if (LockTimeout > 0 &&
+					 TimestampDifferenceExceeds(others_since, now, LockTimeout))
+			{
+				ConditionVariableCancelSleep();
+				ereport(ERROR,
+						(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+						 errmsg("could not reserve credits within lock_timeout"),
+						 errdetail("The last credits are reserved by other transactions still in progress.")));
+			}
+		}
+		else if (worst == TAKE_WAIT_WORKER)
 		{
 			if (started == 0)
 				started = now;

@@ -2,7 +2,8 @@
  * credits_dump.c
  *		The credit table across a clean restart.
  *
- * At postmaster exit (never after a crash) every entry is written to
+ * At postmaster exit after a clean shutdown (never after a crash or an
+ * immediate stop, which the control file tells apart) every entry is written to
  * pg_stat/apikeys_credits.stat, and read back, then the file removed, when
  * shared memory is next initialised.  A restored pool keeps its lease and
  * stays reconciled with its row, so a clean restart changes no balance.
@@ -16,6 +17,8 @@
 
 #include <unistd.h>
 
+#include "common/controldata_utils.h"
+#include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
@@ -52,6 +55,25 @@ credits_dump_setup(bool restore)
 		credits_load();
 }
 
+/*
+ * True if the server stopped cleanly: its last checkpoint was a shutdown
+ * checkpoint.  An immediate stop (pg_ctl -m immediate) ends the postmaster
+ * with code 0 too, but with processes killed mid-operation: their entries
+ * must not be saved (a committed charge not yet marked spent would come
+ * back as available).
+ */
+static bool
+stopped_cleanly(void)
+{
+	bool		crc_ok;
+	ControlFileData *control = get_controlfile(DataDir, &crc_ok);
+	bool		clean = crc_ok &&
+		(control->state == DB_SHUTDOWNED || control->state == DB_SHUTDOWNED_IN_RECOVERY);
+
+	pfree(control);
+	return clean;
+}
+
 static void
 credits_shmem_shutdown(int code, Datum arg)
 {
@@ -63,6 +85,13 @@ credits_shmem_shutdown(int code, Datum arg)
 
 	if (code != 0 || credits_shared == NULL || credits_hash == NULL)
 		return;
+	if (!stopped_cleanly())
+	{
+		ereport(LOG,
+				(errmsg("apikeys did not save its credit leases: the server did not shut down cleanly"),
+				 errdetail("Unspent leased credits are written off, and audited, when each balance is next charged.")));
+		return;
+	}
 
 	file = AllocateFile(CREDITS_DUMP_FILE ".tmp", PG_BINARY_W);
 	if (file == NULL)

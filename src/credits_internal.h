@@ -113,6 +113,8 @@ extern void credit_op_apply(const CreditKey *key, int64 table_available, int64 l
 							int32 generation, TimestampTz period_end, bool is_quota,
 							bool reset, int64 granted, bool synced);
 
+/* Undoes this transaction's settle, recall and removal of the pool now (its row was locked). */
+extern void credit_op_cancel(const CreditKey *key);
 /* True if this transaction has changed the pool's row (its mirror lags until commit). */
 extern bool credit_op_pending(const CreditKey *key);
 

@@ -141,13 +141,6 @@ credits_settle_body(void *arg)
 
 	if (!has_credits())
 		return;
-	/*
-	 * A row an administrator holds locked (apikey_credit_add in an open
-	 * transaction) must not hold up the worker's loop: the pass gives up
-	 * after a moment, its operations are undone, and the next flush retries.
-	 */
-	if (SPI_execute("SET LOCAL lock_timeout = '500ms'", false, 0) != SPI_OK_UTILITY)
-		elog(ERROR, "could not set lock_timeout");
 
 	LWLockAcquire(credits_shared->lock, LW_SHARED);
 	hash_seq_init(&seq, credits_hash);
@@ -212,7 +205,21 @@ credits_settle_body(void *arg)
 	args[7] = column_array(&r_ids, INT8OID);
 	args[8] = column_array(&r_gens, INT4OID);
 	args[9] = column_array(&r_amounts, NUMERICOID);
-	if (SPI_execute_with_args("SELECT apikeys._credit_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+	/*
+	 * A pool row an administrator holds locked (apikey_credit_add in an open
+	 * transaction) is skipped, never waited for: its settle and return are
+	 * undone at once and retried at the next flush; the others go ahead.
+	 */
+	if (SPI_execute_with_args("SELECT s FROM apikeys._credit_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) AS s",
 							  10, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not settle credits");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int64		pool = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													   SPI_tuptable->tupdesc, 1, &isnull));
+		CreditKey	key = credit_pool_key(MyDatabaseId, keys_relid, pool);
+
+		credit_op_cancel(&key);
+	}
 }

@@ -28,6 +28,7 @@ bool		apikeys_log_refusals = DEFAULT_LOG_REFUSALS;
 int			apikeys_max_tracked_keys = DEFAULT_MAX_TRACKED_KEYS;
 int			apikeys_max_credit_pools = DEFAULT_MAX_CREDIT_POOLS;
 int			apikeys_credit_lease = DEFAULT_CREDIT_LEASE;
+int			apikeys_max_ratelimit_states = DEFAULT_MAX_RATELIMIT_STATES;
 int			apikeys_flush_interval = DEFAULT_FLUSH_INTERVAL_MS;
 int			apikeys_expiry_interval = DEFAULT_EXPIRY_INTERVAL_S;
 int			apikeys_usage_retention_days = DEFAULT_USAGE_RETENTION_DAYS;
@@ -66,6 +67,13 @@ define_server_gucs(void)
 							"When full, idle pools are handed back to their rows; a charge waits for that, never overdraws.",
 							&apikeys_max_credit_pools,
 							DEFAULT_MAX_CREDIT_POOLS, 100, 10000000,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("apikeys.max_ratelimit_states",
+							"Capacity of the shared-memory rate limit windows (one per limit in use).",
+							"When full, a limit without a window is not counted (looser, never stricter) until the worker frees windows that have passed.",
+							&apikeys_max_ratelimit_states,
+							DEFAULT_MAX_RATELIMIT_STATES, 100, 10000000,
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("apikeys.credit_lease",

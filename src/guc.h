@@ -19,6 +19,7 @@
 #define DEFAULT_LOG_REFUSALS			false
 #define DEFAULT_MAX_CREDIT_POOLS		10000
 #define DEFAULT_CREDIT_LEASE			100
+#define DEFAULT_MAX_RATELIMIT_STATES	100000
 
 /* apikeys.default_prefix: the prefix of keys created without one. */
 extern char *apikeys_default_prefix;
@@ -40,6 +41,9 @@ extern int	apikeys_max_credit_pools;
 
 /* apikeys.credit_lease: credits the worker moves to shared memory at a time, per pool. */
 extern int	apikeys_credit_lease;
+
+/* apikeys.max_ratelimit_states: capacity of the shared-memory rate limit windows. */
+extern int	apikeys_max_ratelimit_states;
 
 /* apikeys.flush_interval (ms), expiry_interval (s), usage_retention_days. */
 extern int	apikeys_flush_interval;

@@ -26,9 +26,11 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/elog.h"
+#include "utils/guc.h"
 #include "utils/inet.h"
 #include "mb/pg_wchar.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "guc.h"
 #include "credits.h"
@@ -39,6 +41,10 @@
 #define ERRCODE_PT401	MAKE_SQLSTATE('P','T','4','0','1')
 #define ERRCODE_PT402	MAKE_SQLSTATE('P','T','4','0','2')
 #define ERRCODE_PT403	MAKE_SQLSTATE('P','T','4','0','3')
+#define ERRCODE_PGRST	MAKE_SQLSTATE('P','G','R','S','T')
+
+/* True while this module raises a PGRST refusal (429), for the log hook. */
+static bool refusing = false;
 
 
 typedef struct Identity
@@ -188,6 +194,54 @@ apikeys_authenticate_charge(PG_FUNCTION_ARGS)
 	return authenticate(fcinfo, credit, credit_units(PG_GETARG_NUMERIC(4), "cost", false));
 }
 
+/* Whole seconds from now until t, rounded up, at least 0. */
+static long
+seconds_until(TimestampTz t)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	return t <= now ? 0 : (long) ((t - now + USECS_PER_SEC - 1) / USECS_PER_SEC);
+}
+
+/* The IETF draft's RateLimit-* fields of the most constrained limit, as JSON members. */
+static char *
+rate_fields(const RateInfo *rate)
+{
+	return psprintf("{\"RateLimit-Limit\":\"%d\"},{\"RateLimit-Remaining\":\"%d\"},"
+					"{\"RateLimit-Reset\":\"%ld\"}",
+					rate->limit, rate->remaining, seconds_until(rate->reset));
+}
+
+/* Adds the RateLimit-* headers to PostgREST's response (response.headers, this transaction). */
+static void
+set_rate_headers(const RateInfo *rate)
+{
+	(void) set_config_option("response.headers", psprintf("[%s]", rate_fields(rate)),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
+ * 429 through PostgREST: SQLSTATE PGRST with the response as JSON, with
+ * Retry-After and the RateLimit-* headers.  Kept out of the log like
+ * PT401/PT403 (refusing marks it for the log hook).
+ */
+static void
+raise_rate_limited(const RateInfo *rate)
+{
+	long		retry = Max(seconds_until(rate->reset), 1);
+
+	refusing = true;
+	ereport(ERROR,
+			(errcode(ERRCODE_PGRST),
+			 errmsg("{\"code\":\"rate_limited\",\"message\":\"too many requests\","
+					"\"details\":\"A rate limit of %d requests allows no more now.\","
+					"\"hint\":\"Retry after %ld seconds.\"}", rate->limit, retry),
+			 errdetail("{\"status\":429,\"headers\":{\"Retry-After\":\"%ld\","
+					   "\"RateLimit-Limit\":\"%d\",\"RateLimit-Remaining\":\"0\","
+					   "\"RateLimit-Reset\":\"%ld\"}}",
+					   retry, rate->limit, retry)));
+}
+
 static Datum
 authenticate(FunctionCallInfo fcinfo, text *credit, int64 cost)
 {
@@ -198,10 +252,13 @@ authenticate(FunctionCallInfo fcinfo, text *credit, int64 cost)
 	KeyRow		row;
 	Outcome		outcome;
 	int64		remaining = 0;
+	RateInfo	rate;
+	RateTaken	taken;
 
 	apikeys_require_preload();
 	if (identity.set)
 		identity_clear();
+	refusing = false;
 
 	if (key == NULL || VARSIZE_ANY_EXHDR(key) == 0)
 		ereport(ERROR,
@@ -212,16 +269,27 @@ authenticate(FunctionCallInfo fcinfo, text *credit, int64 cost)
 	known = forwarded_client(PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)),
 							 apikeys_trusted_proxies, &addr);
 	outcome = apikey_decide(key, permission, known ? &addr : NULL, ADDRESS_GIVEN, &row);
+	outcome = apikey_limit(outcome, &row, &rate, &taken);
 	if (outcome == OUTCOME_VALID && credit != NULL &&
 		!charge_key(&row, credit, cost, &remaining))
+	{
+		ratelimit_give_back(&taken);
+		if (rate.limited)
+			rate.remaining++;
 		outcome = OUTCOME_INSUFFICIENT_CREDITS;
+	}
 	if (outcome != OUTCOME_MALFORMED && outcome != OUTCOME_NOT_FOUND)
 		apikey_count(&row, outcome == OUTCOME_VALID);
+	if (rate.limited && outcome == OUTCOME_VALID)
+		set_rate_headers(&rate);
 
 	switch (outcome)
 	{
 		case OUTCOME_VALID:
 			identity_set(&row);
+			break;
+		case OUTCOME_RATE_LIMITED:
+			raise_rate_limited(&rate);
 			break;
 		case OUTCOME_INSUFFICIENT_CREDITS:
 			ereport(ERROR,
@@ -313,7 +381,8 @@ refusal_log_hook(ErrorData *edata)
 {
 	if (edata->elevel == ERROR &&
 		(edata->sqlerrcode == ERRCODE_PT401 || edata->sqlerrcode == ERRCODE_PT402 ||
-		 edata->sqlerrcode == ERRCODE_PT403))
+		 edata->sqlerrcode == ERRCODE_PT403 ||
+		 (edata->sqlerrcode == ERRCODE_PGRST && refusing)))
 	{
 		if (!apikeys_log_refusals)
 			edata->output_to_server = false;

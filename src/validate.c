@@ -27,7 +27,7 @@ PG_FUNCTION_INFO_V1(apikey_validate);
 
 const char *const outcome_codes[] = {
 	"valid", "malformed", "not_found", "revoked", "expired",
-	"ip_not_allowed", "insufficient_scope", "insufficient_credits"
+	"ip_not_allowed", "insufficient_scope", "insufficient_credits", "rate_limited"
 };
 
 /* The connection's client address; false over a Unix socket. */
@@ -61,14 +61,27 @@ address_allowed(Datum addr, ArrayType *networks)
 
 Outcome
 apikey_check(text *key, text *permission, Datum *addr, AddressSource source,
-			 KeyRow *row)
+			 KeyRow *row, RateInfo *rate)
 {
-	Outcome		outcome = apikey_decide(key, permission, addr, source, row);
+	RateTaken	taken;
+	Outcome		outcome = apikey_limit(apikey_decide(key, permission, addr, source, row),
+									   row, rate, &taken);
 
 	/* every validation of a known key is counted, valid or rejected */
 	if (outcome != OUTCOME_MALFORMED && outcome != OUTCOME_NOT_FOUND)
 		apikey_count(row, outcome == OUTCOME_VALID);
 	return outcome;
+}
+
+Outcome
+apikey_limit(Outcome outcome, const KeyRow *row, RateInfo *rate, RateTaken *taken)
+{
+	memset(rate, 0, sizeof(*rate));
+	taken->n = 0;
+	if (outcome != OUTCOME_VALID)
+		return outcome;
+	return ratelimit_take(row, GetCurrentTimestamp(), rate, taken) ?
+		OUTCOME_VALID : OUTCOME_RATE_LIMITED;
 }
 
 void
@@ -147,9 +160,10 @@ cached_result_tupdesc(FunctionCallInfo fcinfo, ResultDescCache *cache)
 }
 
 int
-validation_values(Outcome outcome, const KeyRow *row, Datum *values, bool *nulls)
+validation_values(Outcome outcome, const KeyRow *row, const RateInfo *rate, int natts,
+				  Datum *values, bool *nulls)
 {
-	for (int i = 0; i < VALIDATION_NATTS; i++)
+	for (int i = 0; i < natts; i++)
 		nulls[i] = false;
 	values[0] = BoolGetDatum(outcome == OUTCOME_VALID);
 	values[1] = CStringGetTextDatum(outcome_codes[outcome]);
@@ -169,19 +183,32 @@ validation_values(Outcome outcome, const KeyRow *row, Datum *values, bool *nulls
 		values[7] = JsonbPGetDatum(row->metadata);
 		nulls[7] = (row->metadata == NULL);
 	}
-	return VALIDATION_NATTS;
+	if (natts > VALIDATION_NATTS_0_1)
+	{
+		if (rate != NULL && rate->limited)
+		{
+			values[8] = Int32GetDatum(rate->limit);
+			values[9] = Int32GetDatum(rate->remaining);
+			values[10] = TimestampTzGetDatum(rate->reset);
+		}
+		else
+			nulls[8] = nulls[9] = nulls[10] = true;
+	}
+	return natts;
 }
 
 /* Forms the apikeys.validation row for outcome, with the key's details if known. */
 static Datum
-validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row)
+validation_result(FunctionCallInfo fcinfo, Outcome outcome, const KeyRow *row,
+				  const RateInfo *rate)
 {
 	static ResultDescCache cache;
 	TupleDesc	tupdesc = cached_result_tupdesc(fcinfo, &cache);
 	Datum		values[VALIDATION_NATTS];
 	bool		nulls[VALIDATION_NATTS];
 
-	validation_values(outcome, row, values, nulls);
+	validation_values(outcome, row, rate, Min(tupdesc->natts, VALIDATION_NATTS),
+					  values, nulls);
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }
 
@@ -196,6 +223,7 @@ apikey_validate(PG_FUNCTION_ARGS)
 	KeyRow		row;
 	Datum		addr;
 	Outcome		outcome;
+	RateInfo	rate;
 
 	apikeys_require_preload();
 
@@ -204,8 +232,9 @@ apikey_validate(PG_FUNCTION_ARGS)
 	outcome = apikey_check(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0),
 						   PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1),
 						   PG_ARGISNULL(2) ? NULL : &addr,
-						   ADDRESS_GIVEN_OR_CONNECTION, &row);
+						   ADDRESS_GIVEN_OR_CONNECTION, &row, &rate);
 	PG_RETURN_DATUM(validation_result(fcinfo, outcome,
 									  (outcome == OUTCOME_MALFORMED ||
-									   outcome == OUTCOME_NOT_FOUND) ? NULL : &row));
+									   outcome == OUTCOME_NOT_FOUND) ? NULL : &row,
+									  &rate));
 }

@@ -10,6 +10,7 @@
 #include "access/tupdesc.h"
 
 #include "lookup.h"
+#include "ratelimit.h"
 
 /* Outcome codes, in the order the checks run. */
 typedef enum Outcome
@@ -21,7 +22,8 @@ typedef enum Outcome
 	OUTCOME_EXPIRED,
 	OUTCOME_IP_NOT_ALLOWED,
 	OUTCOME_INSUFFICIENT_SCOPE,
-	OUTCOME_INSUFFICIENT_CREDITS	/* apikey_charge only */
+	OUTCOME_INSUFFICIENT_CREDITS,	/* apikey_charge only */
+	OUTCOME_RATE_LIMITED
 } Outcome;
 
 extern const char *const outcome_codes[];
@@ -39,11 +41,21 @@ typedef enum AddressSource
  * counts the call of every existing key in the usage counters.
  */
 extern Outcome apikey_check(text *key, text *permission, Datum *addr,
-							AddressSource source, KeyRow *row);
+							AddressSource source, KeyRow *row, RateInfo *rate);
 
-/* apikey_check without the count: the caller counts with apikey_count. */
+/*
+ * apikey_check without the rate limits and the count: the caller applies
+ * apikey_limit, then counts with apikey_count.
+ */
 extern Outcome apikey_decide(text *key, text *permission, Datum *addr,
 							 AddressSource source, KeyRow *row);
+/*
+ * After a valid decision, the rate limits of the key and its owner: all
+ * consumed (taken says what) or OUTCOME_RATE_LIMITED and none.  Other
+ * outcomes pass through; *rate is filled for known keys.
+ */
+extern Outcome apikey_limit(Outcome outcome, const KeyRow *row, RateInfo *rate,
+							RateTaken *taken);
 /* Counts one call of the existing key row, valid or rejected. */
 extern void apikey_count(const KeyRow *row, bool valid);
 
@@ -61,9 +73,15 @@ typedef struct ResultDescCache
 
 extern TupleDesc cached_result_tupdesc(FunctionCallInfo fcinfo, ResultDescCache *cache);
 
-/* Number of columns of the validation record. */
-#define VALIDATION_NATTS	8
-/* Fills the validation record's columns (row NULL: unknown key); returns their number. */
-extern int	validation_values(Outcome outcome, const KeyRow *row, Datum *values, bool *nulls);
+/* Columns of the validation record: 0.1's, then the rate limit's (0.2). */
+#define VALIDATION_NATTS_0_1	8
+#define VALIDATION_NATTS	11
+/*
+ * Fills the validation record's first natts columns (VALIDATION_NATTS, or
+ * 0.1's 8 in a database not yet updated); row NULL: unknown key; rate NULL:
+ * no limit.  Returns natts.
+ */
+extern int	validation_values(Outcome outcome, const KeyRow *row, const RateInfo *rate,
+							  int natts, Datum *values, bool *nulls);
 
 #endif							/* APIKEYS_VALIDATE_H */

@@ -48,6 +48,7 @@
 #include "credits.h"
 #include "guc.h"
 #include "lookup.h"
+#include "ratelimit.h"
 #include "slots.h"
 #include "usage.h"
 #include "worker.h"
@@ -391,6 +392,8 @@ flush(void)
 	{
 		/* what committed charges spent, in its own transaction */
 		run_pass("apikeys: settle credits", credits_settle_body, NULL);
+		/* rate limit windows that have passed hold nothing */
+		ratelimit_purge();
 		if (fs.n > 0)
 			usage_settle(MyDatabaseId, my_keys_relid, fs.xid, fs.deltas,
 						 fs.matched, fs.last_used_done, fs.n);
@@ -472,6 +475,8 @@ apikeys_worker_main(Datum arg)
 			if (credits_pressure())
 				run_pass("apikeys: settle credits", credits_settle_body, NULL);
 		}
+		if (ratelimit_pressure())
+			ratelimit_purge();
 
 		now = GetCurrentTimestamp();
 		if (now >= next_flush || requested != done || usage_pressure())

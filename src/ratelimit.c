@@ -1,0 +1,529 @@
+/*
+ * ratelimit.c
+ *		Rate limits in shared memory: exact sliding windows, all or nothing.
+ *
+ * A limit (a row of apikeys.ratelimits: max requests per `per`, on a key or
+ * on an owner, whose limit all its keys share) has one state here: the
+ * counts of requests that passed, in RL_BUCKETS + 1 sub-buckets of
+ * g = ceil(per / RL_BUCKETS) each, the newest holding the current time.
+ *
+ * The bound.  A request at time t, in sub-bucket k = floor(t / g), passes
+ * only if the sum of sub-buckets k - RL_BUCKETS .. k is below max.  Those
+ * sub-buckets cover [(k - RL_BUCKETS) g, t], which contains [t - per, t]
+ * because RL_BUCKETS * g >= per.  Take any window W = [s, s + per] and the
+ * last request that passed in it, at t: every earlier passed request in W
+ * lies in [s, t], inside [t - per, t], so it was counted, and fewer than max
+ * were; so at most max requests pass in W.  The price: a request can be
+ * refused while the true count over [t - per, t] is below max, by the
+ * requests of at most one sub-bucket (per / RL_BUCKETS) that have already
+ * left the exact window.  A fixed window (2 x max across a boundary) or a
+ * token bucket (max + 1 in some windows) would not keep the bound.
+ *
+ * ratelimit_reset is when the most constrained limit next admits a request
+ * (refused) or when its oldest counted request leaves (passed): the end of
+ * the sub-bucket that must drop out, so Retry-After never promises room
+ * too early.
+ *
+ * All or nothing.  The states of a request (the key's limits and its
+ * owner's) are checked and consumed together under their partitions'
+ * locks, taken in ascending order: either every one is counted or none.
+ * A request refused later (apikey_charge's credits) gives its counts back.
+ *
+ * Locking protocol: a partitioned hash table with RL_PARTITIONS LWLocks of
+ * tranche "apikeys ratelimits"; a state is read and changed only under its
+ * partition's lock, exclusive.  No global lock on the hot path.  A purge
+ * (the worker, each flush) takes every partition lock in order.
+ *
+ * A full table.  apikeys.max_ratelimit_states bounds the states; a limit
+ * without room for its state is not counted for that request (the limit is
+ * looser, never stricter, until the worker's next purge frees the states of
+ * windows that have passed; a purge loses nothing).  Nothing waits.
+ *
+ * Limits come from a per-backend cache of apikeys.ratelimits by key id,
+ * emptied by the table's invalidation trigger, so a change takes effect at
+ * the next call in every session.  A changed max applies to the counts
+ * already in the window; a changed `per` starts a new state.  Limits are
+ * per server: a hot standby counts its own requests.
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+
+#include "guc.h"
+#include "keyformat.h"
+#include "ratelimit.h"
+#include "slots.h"
+
+#define RL_BUCKETS			10
+#define RL_SLOTS			(RL_BUCKETS + 1)
+#define RL_PARTITIONS		16
+#define RL_TRANCHE			"apikeys ratelimits"
+
+typedef struct RateKey
+{
+	Oid			dbid;
+	Oid			keys_relid;
+	int64		limit_id;
+	int64		per_usecs;
+} RateKey;
+
+typedef struct RateState
+{
+	RateKey		key;			/* hash key: must be first */
+	int64		newest;			/* sub-bucket number of counts[newest % RL_SLOTS] */
+	uint32		counts[RL_SLOTS];
+} RateState;
+
+typedef struct RateShared
+{
+	pg_atomic_uint64 pressure;	/* when a validation last found the table full */
+} RateShared;
+
+static RateShared *rate_shared = NULL;
+static HTAB *rate_hash = NULL;
+static LWLockPadded *rate_locks = NULL;
+
+/* ----------------------------------------------------------------------
+ * Shared memory
+ * ----------------------------------------------------------------------
+ */
+
+Size
+ratelimit_shmem_size(void)
+{
+	return add_size(MAXALIGN(sizeof(RateShared)),
+					hash_estimate_size(apikeys_max_ratelimit_states, sizeof(RateState)));
+}
+
+void
+ratelimit_shmem_request(void)
+{
+	RequestNamedLWLockTranche(RL_TRANCHE, RL_PARTITIONS);
+}
+
+void
+ratelimit_shmem_startup(void)
+{
+	bool		found;
+	HASHCTL		info;
+
+	rate_shared = ShmemInitStruct("apikeys ratelimits", sizeof(RateShared), &found);
+	if (!found)
+		pg_atomic_init_u64(&rate_shared->pressure, 0);
+	rate_locks = GetNamedLWLockTranche(RL_TRANCHE);
+	info.keysize = sizeof(RateKey);
+	info.entrysize = sizeof(RateState);
+	info.num_partitions = RL_PARTITIONS;
+	rate_hash = ShmemInitHash("apikeys ratelimit states",
+							  apikeys_max_ratelimit_states, apikeys_max_ratelimit_states,
+							  &info, HASH_ELEM | HASH_BLOBS | HASH_PARTITION);
+}
+
+bool
+ratelimit_pressure(void)
+{
+	return rate_shared != NULL &&
+		GetCurrentTimestamp() - (TimestampTz) pg_atomic_read_u64(&rate_shared->pressure) <
+		5 * USECS_PER_SEC;
+}
+
+/* ----------------------------------------------------------------------
+ * The limits of a key, cached per backend
+ * ----------------------------------------------------------------------
+ */
+
+typedef struct LimitDef
+{
+	int64		id;
+	int32		max;
+	int64		per_usecs;
+} LimitDef;
+
+typedef struct KeyLimits
+{
+	char		key_id[APIKEY_ID_LEN + 1];	/* hash key */
+	int			n;
+	LimitDef   *defs;
+} KeyLimits;
+
+static HTAB *limit_cache = NULL;
+static MemoryContext limit_cxt = NULL;
+static bool limit_cache_stale = true;
+static Oid	limits_relid = InvalidOid;
+static SPIPlanPtr limits_plan = NULL;
+
+static void
+limits_invalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == limits_relid)
+		limit_cache_stale = true;
+}
+
+static void
+limit_cache_reset(void)
+{
+	HASHCTL		info;
+	Oid			nsp;
+
+	if (limit_cxt == NULL)
+	{
+		CacheRegisterRelcacheCallback(limits_invalidate, (Datum) 0);
+		limit_cxt = AllocSetContextCreate(TopMemoryContext, "apikeys limit cache",
+										  ALLOCSET_DEFAULT_SIZES);
+	}
+	else
+		MemoryContextReset(limit_cxt);
+	info.keysize = APIKEY_ID_LEN + 1;
+	info.entrysize = sizeof(KeyLimits);
+	info.hcxt = limit_cxt;
+	limit_cache = hash_create("apikeys limit cache", 256, &info,
+							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	nsp = get_namespace_oid("apikeys", true);
+	/* a database still on 0.1's schema has no limits */
+	limits_relid = OidIsValid(nsp) ? get_relname_relid("ratelimits", nsp) : InvalidOid;
+	if (limits_plan)
+		SPI_freeplan(limits_plan);
+	limits_plan = NULL;
+	limit_cache_stale = false;
+}
+
+/* Reads the limits of key id and owner from the table, as its owner. */
+static int
+limits_read(Datum id, Datum owner, LimitDef **defs)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		args[2] = {id, owner};
+	HeapTuple	rel = SearchSysCache1(RELOID, ObjectIdGetDatum(limits_relid));
+	Oid			relowner;
+	Oid			save_userid;
+	int			save_sec_context;
+	int			n;
+
+	if (!HeapTupleIsValid(rel))
+		elog(ERROR, "cache lookup failed for relation %u", limits_relid);
+	relowner = ((Form_pg_class) GETSTRUCT(rel))->relowner;
+	ReleaseSysCache(rel);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(relowner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	SPI_connect();
+	if (limits_plan == NULL)
+	{
+		limits_plan = SPI_prepare("SELECT r.id, r.max,"
+								  " (pg_catalog.date_part('epoch', r.per)"
+								  "  OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8"
+								  " FROM apikeys.ratelimits r"
+								  " WHERE r.key_id OPERATOR(pg_catalog.=) $1"
+								  "    OR r.owner OPERATOR(pg_catalog.=) $2"
+								  " ORDER BY r.id LIMIT 64",
+								  2, argtypes);
+		if (limits_plan == NULL || SPI_keepplan(limits_plan) != 0)
+			elog(ERROR, "could not prepare the rate limit lookup");
+	}
+	if (SPI_execute_plan(limits_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up rate limits");
+	n = (int) SPI_processed;
+	*defs = n > 0 ? MemoryContextAlloc(limit_cxt, sizeof(LimitDef) * n) : NULL;
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		(*defs)[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		(*defs)[i].max = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		(*defs)[i].per_usecs = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+	SPI_finish();
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	return n;
+}
+
+/* The limits of the key row and of its owner (n of them). */
+static const LimitDef *
+limits_of(const KeyRow *row, int *n)
+{
+	KeyLimits  *entry;
+	char		id[APIKEY_ID_LEN + 1];
+	text	   *t = DatumGetTextPP(row->id);
+	int			len = Min(VARSIZE_ANY_EXHDR(t), APIKEY_ID_LEN);
+	LimitDef   *defs;
+	int			count;
+	bool		found;
+
+	if (limit_cache == NULL || limit_cache_stale)
+		limit_cache_reset();
+	*n = 0;
+	if (!OidIsValid(limits_relid))
+		return NULL;
+	memset(id, 0, sizeof(id));
+	memcpy(id, VARDATA_ANY(t), len);
+	entry = hash_search(limit_cache, id, HASH_FIND, NULL);
+	if (entry)
+	{
+		*n = entry->n;
+		return entry->defs;
+	}
+	count = limits_read(row->id, row->owner, &defs);
+	if (limit_cache_stale)
+	{
+		/* changed while we read: use the answer once, cache nothing */
+		*n = count;
+		return defs;
+	}
+	entry = hash_search(limit_cache, id, HASH_ENTER, &found);
+	entry->n = count;
+	entry->defs = defs;
+	*n = count;
+	return defs;
+}
+
+/* ----------------------------------------------------------------------
+ * Windows
+ * ----------------------------------------------------------------------
+ */
+
+static inline int64
+bucket_width(int64 per_usecs)
+{
+	return (per_usecs + RL_BUCKETS - 1) / RL_BUCKETS;
+}
+
+/* Moves the state's window to sub-bucket k (never back); returns the current one. */
+static int64
+advance(RateState *s, int64 k)
+{
+	if (k <= s->newest)
+		return s->newest;
+	if (k - s->newest >= RL_SLOTS)
+		memset(s->counts, 0, sizeof(s->counts));
+	else
+		for (int64 j = s->newest + 1; j <= k; j++)
+			s->counts[j % RL_SLOTS] = 0;
+	s->newest = k;
+	return k;
+}
+
+static uint32
+window_count(const RateState *s)
+{
+	uint32		sum = 0;
+
+	for (int i = 0; i < RL_SLOTS; i++)
+		sum += s->counts[i];
+	return sum;
+}
+
+/* When the count over the window (now at sub-bucket k) drops to at most target. */
+static TimestampTz
+when_at_most(const RateState *s, int64 k, int64 g, uint32 count, uint32 target)
+{
+	uint32		left = count;
+
+	for (int64 j = k - RL_BUCKETS; j <= k; j++)
+	{
+		left -= s->counts[j % RL_SLOTS];
+		if (left <= target)
+			return (TimestampTz) ((j + RL_BUCKETS + 1) * g);
+	}
+	return (TimestampTz) ((k + RL_BUCKETS + 1) * g);
+}
+
+static inline int
+partition_of(uint32 hashcode)
+{
+	return hashcode % RL_PARTITIONS;
+}
+
+/* Takes (or releases) the partition locks of the hash codes, in ascending order. */
+static void
+lock_partitions(const uint32 *hashes, int n, bool acquire)
+{
+	bool		used[RL_PARTITIONS] = {false};
+
+	for (int i = 0; i < n; i++)
+		used[partition_of(hashes[i])] = true;
+	for (int p = 0; p < RL_PARTITIONS; p++)
+		if (used[p])
+		{
+			if (acquire)
+				LWLockAcquire(&rate_locks[p].lock, LW_EXCLUSIVE);
+			else
+				LWLockRelease(&rate_locks[p].lock);
+		}
+}
+
+bool
+ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *taken)
+{
+	const LimitDef *defs;
+	int			n;
+	RateKey		keys[RATELIMIT_MAX_PER_REQUEST];
+	uint32		hashes[RATELIMIT_MAX_PER_REQUEST] = {0};
+	RateState  *states[RATELIMIT_MAX_PER_REQUEST];
+	int64		current[RATELIMIT_MAX_PER_REQUEST];
+	uint32		counts[RATELIMIT_MAX_PER_REQUEST];
+	bool		passed = true;
+	bool		full = false;
+
+	memset(info, 0, sizeof(*info));
+	taken->n = 0;
+	taken->keys_relid = row->keys_relid;
+	if (rate_hash == NULL)
+		return true;
+	defs = limits_of(row, &n);
+	if (n == 0)
+		return true;
+	n = Min(n, RATELIMIT_MAX_PER_REQUEST);
+
+	for (int i = 0; i < n; i++)
+	{
+		memset(&keys[i], 0, sizeof(RateKey));
+		keys[i].dbid = MyDatabaseId;
+		keys[i].keys_relid = row->keys_relid;
+		keys[i].limit_id = defs[i].id;
+		keys[i].per_usecs = defs[i].per_usecs;
+		hashes[i] = get_hash_value(rate_hash, &keys[i]);
+	}
+
+	lock_partitions(hashes, n, true);
+	for (int i = 0; i < n; i++)
+	{
+		int64		g = bucket_width(defs[i].per_usecs);
+		bool		found;
+
+		states[i] = hash_search_with_hash_value(rate_hash, &keys[i], hashes[i],
+												HASH_FIND, NULL);
+		if (states[i] == NULL)
+		{
+			if (hash_get_num_entries(rate_hash) < apikeys_max_ratelimit_states)
+				states[i] = hash_search_with_hash_value(rate_hash, &keys[i], hashes[i],
+														HASH_ENTER_NULL, &found);
+			if (states[i] == NULL)
+			{
+				/* no room: this limit goes uncounted for this request */
+				full = true;
+				continue;
+			}
+			states[i]->newest = now / g;
+			memset(states[i]->counts, 0, sizeof(states[i]->counts));
+		}
+		current[i] = advance(states[i], now / g);
+		counts[i] = window_count(states[i]);
+		if (counts[i] >= (uint32) defs[i].max)
+		{
+			TimestampTz reset = when_at_most(states[i], current[i], g, counts[i],
+											 (uint32) defs[i].max - 1);
+
+			/* the latest reset among the exhausted limits: all must have room */
+			if (passed || reset > info->reset)
+			{
+				info->limit = defs[i].max;
+				info->remaining = 0;
+				info->reset = reset;
+			}
+			passed = false;
+		}
+	}
+
+	if (passed)
+	{
+		bool		first = true;
+
+		for (int i = 0; i < n; i++)
+		{
+			int64		g = bucket_width(defs[i].per_usecs);
+			int32		remaining;
+
+			if (states[i] == NULL)
+				continue;
+			states[i]->counts[current[i] % RL_SLOTS]++;
+			remaining = defs[i].max - (int32) counts[i] - 1;
+			if (first || remaining < info->remaining)
+			{
+				info->limit = defs[i].max;
+				info->remaining = remaining;
+				info->reset = when_at_most(states[i], current[i], g, counts[i] + 1, counts[i]);
+				first = false;
+			}
+			taken->limit_ids[taken->n] = keys[i].limit_id;
+			taken->per_usecs[taken->n] = keys[i].per_usecs;
+			taken->bucket[taken->n] = current[i];
+			taken->n++;
+		}
+	}
+	lock_partitions(hashes, n, false);
+
+	info->limited = true;
+	if (full)
+	{
+		/* the worker purges passed windows at once */
+		pg_atomic_write_u64(&rate_shared->pressure, (uint64) GetCurrentTimestamp());
+		worker_wake(MyDatabaseId);
+	}
+	return passed;
+}
+
+void
+ratelimit_give_back(const RateTaken *taken)
+{
+	RateKey		keys[RATELIMIT_MAX_PER_REQUEST];
+	uint32		hashes[RATELIMIT_MAX_PER_REQUEST] = {0};
+
+	if (taken->n == 0)
+		return;
+	for (int i = 0; i < taken->n; i++)
+	{
+		memset(&keys[i], 0, sizeof(RateKey));
+		keys[i].dbid = MyDatabaseId;
+		keys[i].keys_relid = taken->keys_relid;
+		keys[i].limit_id = taken->limit_ids[i];
+		keys[i].per_usecs = taken->per_usecs[i];
+		hashes[i] = get_hash_value(rate_hash, &keys[i]);
+	}
+	lock_partitions(hashes, taken->n, true);
+	for (int i = 0; i < taken->n; i++)
+	{
+		RateState  *s = hash_search_with_hash_value(rate_hash, &keys[i], hashes[i],
+													HASH_FIND, NULL);
+
+		if (s != NULL && s->newest - taken->bucket[i] < RL_SLOTS &&
+			s->counts[taken->bucket[i] % RL_SLOTS] > 0)
+			s->counts[taken->bucket[i] % RL_SLOTS]--;
+	}
+	lock_partitions(hashes, taken->n, false);
+}
+
+void
+ratelimit_purge(void)
+{
+	HASH_SEQ_STATUS seq;
+	RateState  *s;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (rate_hash == NULL)
+		return;
+	for (int p = 0; p < RL_PARTITIONS; p++)
+		LWLockAcquire(&rate_locks[p].lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, rate_hash);
+	while ((s = hash_seq_search(&seq)) != NULL)
+	{
+		/* every sub-bucket has left the window: the state holds nothing */
+		if (now / bucket_width(s->key.per_usecs) - s->newest > RL_BUCKETS)
+			hash_search(rate_hash, &s->key, HASH_REMOVE, NULL);
+	}
+	for (int p = RL_PARTITIONS - 1; p >= 0; p--)
+		LWLockRelease(&rate_locks[p].lock);
+}

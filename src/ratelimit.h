@@ -1,0 +1,58 @@
+/*
+ * ratelimit.h
+ *		Rate limits per key and per owner, counted in shared memory: a
+ *		sliding window kept in sub-buckets, all limits of a request checked
+ *		and consumed together or not at all.  The argument is in ratelimit.c.
+ */
+#ifndef APIKEYS_RATELIMIT_H
+#define APIKEYS_RATELIMIT_H
+
+#include "datatype/timestamp.h"
+
+#include "lookup.h"
+
+/* The most constrained limit of a request, for the validation record. */
+typedef struct RateInfo
+{
+	bool		limited;		/* the key or its owner has a limit */
+	int32		limit;			/* its max */
+	int32		remaining;		/* requests left in its window after this one */
+	TimestampTz reset;			/* when it next admits one more */
+} RateInfo;
+
+/* The most limits one request consumes (a key's and its owner's). */
+#define RATELIMIT_MAX_PER_REQUEST	64
+
+/* What a passed request consumed, so that a later refusal can give it back. */
+typedef struct RateTaken
+{
+	Oid			keys_relid;
+	int			n;
+	int64		limit_ids[RATELIMIT_MAX_PER_REQUEST];
+	int64		per_usecs[RATELIMIT_MAX_PER_REQUEST];
+	int64		bucket[RATELIMIT_MAX_PER_REQUEST];
+} RateTaken;
+
+extern Size ratelimit_shmem_size(void);
+extern void ratelimit_shmem_request(void);
+extern void ratelimit_shmem_startup(void);
+
+/*
+ * Checks every limit of the key row and of its owner at now; true if all
+ * have room, and then each is consumed once (taken says what, for
+ * ratelimit_give_back).  False: nothing consumed.  *info describes the most
+ * constrained limit either way.
+ */
+extern bool ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info,
+						   RateTaken *taken);
+
+/* Gives back what ratelimit_take consumed (the request was refused later). */
+extern void ratelimit_give_back(const RateTaken *taken);
+
+/* Removes states whose window has passed (the worker, or a full table). */
+extern void ratelimit_purge(void);
+
+/* True if a validation found the state table full within the last seconds. */
+extern bool ratelimit_pressure(void);
+
+#endif							/* APIKEYS_RATELIMIT_H */
