@@ -48,7 +48,7 @@
 #   BENCH_ROUNDS=5       rounds per group (figure 7: at most 3)
 #   BENCH_WARMUP=1       seconds of warm-up per variant (0: none)
 #   BENCH_BIG_KEYS=1000000  size of the big key set
-#   BENCH_FIGURES="1 2 3 4 5 6 7 8 9 10"  the figures to measure (others are not loaded)
+#   BENCH_FIGURES="1 2 3 4 5 6 7 8 9 10 11"  the figures to measure (others are not loaded)
 #   BENCH_SKIP_HTTP=1    skip figures 5 and 8 (reported as n/a)
 #   SKIP_SETUP=1         do not run test/setup.sh (already built and installed)
 #   KEEP_BENCH_DIR=1     keep the scratch directory (logs, scripts)
@@ -78,7 +78,7 @@ CLIENTS=4
 THREADS=2
 WRK_ARGS=(-t2 -c8)
 BULK_ROWS=20000         # figure 7
-FIGURES=${BENCH_FIGURES:-1 2 3 4 5 6 7 8 9 10}
+FIGURES=${BENCH_FIGURES:-1 2 3 4 5 6 7 8 9 10 11}
 
 SCRATCH=""
 NGINX_PID=""
@@ -353,6 +353,31 @@ EOF
 	owners=$(sql_value bench "SELECT count(*) FROM apikeys.credit_pools WHERE key_id IS NULL") || return 1
 	say "credit balances: $owners"
 	[[ $owners -ge 900 ]] || { suite_error "only $owners balances for figures 9 and 10"; return 1; }
+}
+
+# load_ratelimits -- figure 11: database bench_rl with 8 keys of one owner
+# (bench_keys i = 1..8), each with two limits ('second', 'hour'), and an
+# owner limit, none of which a run can exhaust.
+load_ratelimits() {
+	psql_db postgres -c "CREATE DATABASE bench_rl" >/dev/null || return 1
+	psql_db bench_rl <<'EOF' || return 1
+CREATE EXTENSION apikeys CASCADE;
+CREATE TABLE bench_keys (i integer PRIMARY KEY, key text NOT NULL, id text NOT NULL);
+INSERT INTO bench_keys
+SELECT i, c.key, c.id FROM generate_series(1, 8) AS i,
+	LATERAL apikeys.apikey_create('bench_rl_owner', 'limited ' || i) AS c;
+SELECT count(*) FROM (
+	SELECT apikeys.apikey_ratelimit_set('second', 2000000000, '1 second', key_id => id) FROM bench_keys
+	UNION ALL
+	SELECT apikeys.apikey_ratelimit_set('hour', 2000000000, '1 hour', key_id => id) FROM bench_keys
+	UNION ALL
+	SELECT apikeys.apikey_ratelimit_set('account', 2000000000, '1 day', owner => 'bench_rl_owner')) AS s;
+EOF
+	local limited
+	limited=$(sql_value bench_rl "SELECT count(*) FROM bench_keys AS b,
+		LATERAL apikeys.apikey_validate(b.key) AS v WHERE v.valid AND v.ratelimit_limit IS NOT NULL") || return 1
+	say "keys with limits that validate: $limited/8"
+	[[ $limited == 8 ]] || { suite_error "only $limited of figure 11's keys validate with limits"; return 1; }
 }
 
 # load_analytics -- figure 6's two databases: the same 1,010 keys; usage rows
@@ -956,7 +981,7 @@ want() { [[ " $FIGURES " == *" $1 "* ]]; }
 main() {
 	local f
 	for f in $FIGURES; do
-		[[ $f =~ ^([1-9]|10)$ ]] || die "BENCH_FIGURES: unknown figure '$f' (1 to 10)"
+		[[ $f =~ ^([1-9]|1[01])$ ]] || die "BENCH_FIGURES: unknown figure '$f' (1 to 11)"
 	done
 	trap_exit
 	trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
@@ -1083,6 +1108,21 @@ UPDATE bench_naive_balance SET balance = balance - 1 WHERE owner = 'bench_one' A
 		run_group "figure 10" charge_one validate_one naive_charge
 	fi
 
+	# Figure 11: apikey_validate of keys with two rate limits each and an
+	# owner limit, against the same call on keys without limits; the same
+	# script shape (8 scripts, one literal key each).  The limits are high
+	# enough never to refuse in a run: what is measured is their cost.
+	if want 11; then
+		phase "load: rate limits for figure 11"
+		load_ratelimits || die "loading the rate limits failed"
+		args=$(hot_scripts limited bench_rl "$validate") || die "could not write the scripts"
+		pgbench_variant rl_limited bench_rl "$args" "apikey_validate, 8 keys with two limits each and an owner limit"
+		args=$(hot_scripts unlimited bench "$validate") || die "could not write the scripts"
+		pgbench_variant rl_none bench "$args" "apikey_validate, 8 keys without limits (figure 1's)"
+		phase "figure 11: validate with rate limits vs without"
+		run_group "figure 11" rl_limited rl_none
+	fi
+
 	local http=no
 	if want 5; then
 		phase "figure 5: PostgREST keyed vs anonymous"
@@ -1134,6 +1174,7 @@ UPDATE bench_naive_balance SET balance = balance - 1 WHERE owner = 'bench_one' A
 	want 9 && figure 9 "apikey_charge vs validate, 1,000 owners" charge1k validate1k ratio ">=" 0.80 tps
 	want 10 && figure 10 "apikey_charge one owner, 16 clients, vs validate" charge_one validate_one ratio ">=" 0.50 tps
 	want 10 && figure 10b "  same, vs naive validate + UPDATE balance" charge_one naive_charge ratio ">=" report tps
+	want 11 && figure 11 "validate, 2 key limits + owner limit vs none" rl_limited rl_none ratio ">=" 0.85 tps
 	NOTES+=("ratio: measured / baseline, except 3 and 6 (cost per call: baseline tps / measured tps)")
 	want 4 && NOTES+=("4: both sides run '\\set i random(1, N)' + validate((SELECT key FROM bench_keys WHERE i = :i)); the lookup is on both sides and cancels")
 	want 5 && NOTES+=("5: the anonymous twin reads the same keys row and builds the same JSON as apikeys_api.credits(), without the key check")
