@@ -216,24 +216,57 @@ require_credit_name(text *credit)
  * ----------------------------------------------------------------------
  */
 
-bool
+/* Charges cost of credit to the valid key row; false when a pool is short. */
+static bool
 charge_key(const KeyRow *row, text *credit, int64 cost, int64 *remaining)
 {
 	TimestampTz now = GetCurrentStatementStartTimestamp();
 	int64		balance;
 	int64		quota;
 
+	balance = pool_id(false, DatumGetTextPP(row->owner), credit);
+	quota = pool_id(true, DatumGetTextPP(row->id), credit);
+	return credits_charge(row->keys_relid, balance, quota, cost, row->id,
+						  (DateADT) (now / USECS_PER_DAY), remaining) == CHARGE_DONE;
+}
+
+Outcome
+charge_limited(Outcome outcome, const KeyRow *row, text *credit, int64 cost,
+			   RateInfo *rate, int64 *remaining)
+{
+	RateTaken	taken;
+	volatile bool charged = false;
+
+	*remaining = 0;
 	require_credit_name(credit);
-	if (RecoveryInProgress())
+	/* refuse before any limit is consumed */
+	if (outcome == OUTCOME_VALID && RecoveryInProgress())
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("cannot charge credits on a hot standby"),
 				 errdetail("Balances are kept by the primary server."),
 				 errhint("Send requests that charge credits to the primary; apikey_validate works here.")));
-	balance = pool_id(false, DatumGetTextPP(row->owner), credit);
-	quota = pool_id(true, DatumGetTextPP(row->id), credit);
-	return credits_charge(row->keys_relid, balance, quota, cost, row->id,
-						  (DateADT) (now / USECS_PER_DAY), remaining) == CHARGE_DONE;
+	outcome = apikey_limit(outcome, row, rate, &taken);
+	if (outcome != OUTCOME_VALID)
+		return outcome;
+
+	/* a refused request consumes nothing anywhere: neither does a failed one */
+	PG_TRY();
+	{
+		charged = charge_key(row, credit, cost, remaining);
+	}
+	PG_CATCH();
+	{
+		ratelimit_give_back(&taken);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (charged)
+		return OUTCOME_VALID;
+	ratelimit_give_back(&taken);
+	if (rate->limited)
+		rate->remaining++;
+	return OUTCOME_INSUFFICIENT_CREDITS;
 }
 
 /*
@@ -254,7 +287,6 @@ apikey_charge(PG_FUNCTION_ARGS)
 	Datum		values[VALIDATION_NATTS + 3];
 	bool		nulls[VALIDATION_NATTS + 3] = {false};
 	RateInfo	rate;
-	RateTaken	taken;
 	int			nvalid;
 
 	apikeys_require_preload();
@@ -263,7 +295,6 @@ apikey_charge(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("credit must not be null")));
 	credit = PG_GETARG_TEXT_PP(1);
-	require_credit_name(credit);
 	if (PG_ARGISNULL(2))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -276,15 +307,7 @@ apikey_charge(PG_FUNCTION_ARGS)
 							PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3),
 							PG_ARGISNULL(4) ? NULL : &addr,
 							ADDRESS_GIVEN_OR_CONNECTION, &row);
-	outcome = apikey_limit(outcome, &row, &rate, &taken);
-	if (outcome == OUTCOME_VALID && !charge_key(&row, credit, cost, &remaining))
-	{
-		/* refused: the request consumes nothing anywhere */
-		ratelimit_give_back(&taken);
-		if (rate.limited)
-			rate.remaining++;
-		outcome = OUTCOME_INSUFFICIENT_CREDITS;
-	}
+	outcome = charge_limited(outcome, &row, credit, cost, &rate, &remaining);
 	if (outcome != OUTCOME_MALFORMED && outcome != OUTCOME_NOT_FOUND)
 		apikey_count(&row, outcome == OUTCOME_VALID);
 

@@ -13,6 +13,7 @@
 
 #include "keyformat.h"
 #include "lookup.h"
+#include "validate.h"
 
 /* Credits are counted in units of 1/10000: amounts have at most 4 decimals. */
 #define CREDIT_SCALE		10000
@@ -49,11 +50,14 @@ extern ChargeResult credits_charge(Oid keys_relid, int64 balance_pool, int64 quo
 								   int64 *remaining);
 
 /*
- * Charges cost units of credit (a text datum, checked) to the valid key
- * row: its owner's balance and its quota (charge.c).  False when either is
- * short; 25006 on a hot standby.
+ * After a decision (apikey_decide), the rest of a charge (charge.c): the
+ * rate limits, then cost units of credit (checked) from the key's owner's
+ * balance and its quota.  Returns OUTCOME_INSUFFICIENT_CREDITS when either
+ * is short; the limits are then given back, as they are when the charge
+ * fails with an error.  25006 on a hot standby, before any limit is used.
  */
-extern bool charge_key(const KeyRow *row, text *credit, int64 cost, int64 *remaining);
+extern Outcome charge_limited(Outcome outcome, const KeyRow *row, text *credit, int64 cost,
+							  RateInfo *rate, int64 *remaining);
 
 /* Forgets every credit entry of a dropped database or extension instance. */
 extern void credits_forget(Oid dbid, Oid keys_relid);

@@ -269,15 +269,10 @@ authenticate(FunctionCallInfo fcinfo, text *credit, int64 cost)
 	known = forwarded_client(PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)),
 							 apikeys_trusted_proxies, &addr);
 	outcome = apikey_decide(key, permission, known ? &addr : NULL, ADDRESS_GIVEN, &row);
-	outcome = apikey_limit(outcome, &row, &rate, &taken);
-	if (outcome == OUTCOME_VALID && credit != NULL &&
-		!charge_key(&row, credit, cost, &remaining))
-	{
-		ratelimit_give_back(&taken);
-		if (rate.limited)
-			rate.remaining++;
-		outcome = OUTCOME_INSUFFICIENT_CREDITS;
-	}
+	if (credit != NULL)
+		outcome = charge_limited(outcome, &row, credit, cost, &rate, &remaining);
+	else
+		outcome = apikey_limit(outcome, &row, &rate, &taken);
 	if (outcome != OUTCOME_MALFORMED && outcome != OUTCOME_NOT_FOUND)
 		apikey_count(&row, outcome == OUTCOME_VALID);
 	if (rate.limited && outcome == OUTCOME_VALID)
