@@ -10,12 +10,14 @@
 # PostgREST and nginx on loopback with run-time copies of the SHIPPED configs
 # examples/postgrest/{postgrest,nginx}.conf (only db-uri and, when a port is
 # busy, the ports are changed), and sends the seeds' curl calls through
-# nginx, and the credits checks of test/http/credits.sh against the metered
+# nginx, the credits checks of test/http/credits.sh against the metered
 # endpoint of examples/postgrest/verify.sql (loaded before PostgREST
-# starts). Most checks are rows of request tables (see run_table). One line per
-# check ("ok - ..." / "not ok - ..."), then "N passed, N failed" alone on the
-# last line; exits non-zero on any failure. PostgREST, nginx and the cluster
-# are stopped by their pids at the end, pass or fail.
+# starts), and the rate-limit checks of test/http/ratelimits.sh (429, the
+# RateLimit-* headers). Most checks are rows of request tables (see
+# run_table). One line per check ("ok - ..." / "not ok - ..."), then
+# "N passed, N failed" alone on the last line; exits non-zero on any
+# failure. PostgREST, nginx and the cluster are stopped by their pids at the
+# end, pass or fail.
 #
 # Environment:
 #   KEEP_TEST_DIR=1     keep the scratch directory (configs, logs, data)
@@ -511,10 +513,15 @@ fi
 # shellcheck source=test/http/credits.sh
 source "$ROOT/test/http/credits.sh"
 
+# ---------------------------------------------------------------- rate limits (issue 14)
+
+# shellcheck source=test/http/ratelimits.sh
+source "$ROOT/test/http/ratelimits.sh"
+
 # ---------------------------------------------------------------- logs
 
 leaked=()
-for k in "$BOOT" "$NEW" "$GHOST" "$OLD" "$VERIFY" "$READER" "$ADMIN" "$OTHER" "$OFFICE" "$LOOP" "$METERED" "$BOXED" "${CREDIT_KEYS[@]}"; do
+for k in "$BOOT" "$NEW" "$GHOST" "$OLD" "$VERIFY" "$READER" "$ADMIN" "$OTHER" "$OFFICE" "$LOOP" "$METERED" "$BOXED" "${CREDIT_KEYS[@]}" "${RL_KEYS[@]}"; do
 	[[ -n $k ]] && grep -qrF -- "$k" "$S/pg/server.log" "$S/postgrest.log" "$N"/*.log && leaked+=("${k:0:8}...")
 done
 if [[ ${#leaked[@]} -eq 0 ]]; then

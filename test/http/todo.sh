@@ -15,8 +15,8 @@
 # shipped config's comment says).  Each pass checks: isolation between two
 # owners (each sees and changes only its rows, also under 2 x 50 interleaved
 # concurrent requests), default read/write permissions, explicit routes and
-# their precedence, 401/403 answers with PostgREST's error shape, and what
-# nginx filters.  Behind pgbouncer (2 server connections for 10 PostgREST
+# their precedence, 401/403 answers with PostgREST's error shape, a rate
+# limit's RateLimit-* headers and 429, and what nginx filters.  Behind pgbouncer (2 server connections for 10 PostgREST
 # connections and 16 concurrent clients), a transaction that did not
 # authenticate never sees the identity of an earlier one on the same server
 # connection.  One line per check ("ok - ..." / "not ok - ..."), then
@@ -402,6 +402,33 @@ GET    | /todos     | Authorization: Bearer $ALICE | - | 401 | the key in Author
 DELETE | /todos?id=eq.$A1 | ALICE_RO  | -             | 403 | 403 has {code,message,details,hint}, code PT403 | E403 && (.details | type) == "string"
 EOT
 	expect_sql "no refused request wrote a row" "$(sql "SELECT count(*) FROM todo.todos WHERE title IN ('anon', 'alice: x')")" 0
+
+	# Rate limits (SPEC §12) through apikeys.pre_request: a fresh key of
+	# alice's limited to 2 per hour gets the RateLimit-* headers, then 429.
+	local limited limited_id
+	limited=$(mint alice "alice limited ($MODE)" todos-editor)
+	limited_id=$(sql "SELECT key_id FROM apikeys.apikey_validate('$limited')")
+	sql "SELECT apikeys.apikey_ratelimit_set('hourly', 2, '1 hour', key_id => '$limited_id')" >/dev/null
+	run_table <<EOT
+GET    | /todos?select=owner | X-API-Key: $limited | - | 200 | a key limited to 2 per hour: GET /todos -> 200 | length > 0 and all(.[]; .owner == "alice")
+header | ^ratelimit-limit: 2[[:space:]]*$ | | | | ... with RateLimit-Limit: 2 |
+header | ^ratelimit-remaining: 1[[:space:]]*$ | | | | ... and RateLimit-Remaining: 1 |
+header | ^ratelimit-reset: [0-9]+[[:space:]]*$ | | | | ... and RateLimit-Reset in seconds |
+POST   | /todos | X-API-Key: $limited, Prefer: return=representation | {"title": "alice: limited"} | 201 | ... POST /todos -> 201 (a write counts the same) | .[0].owner == "alice"
+header | ^ratelimit-remaining: 0[[:space:]]*$ | | | | ... with RateLimit-Remaining: 0 |
+GET    | /todos | X-API-Key: $limited | - | 429 | ... the third request -> 429 with {"code":"rate_limited",...} | ERR && .code == "rate_limited"
+header | ^retry-after: [1-9][0-9]*[[:space:]]*$ | | | | ... with Retry-After in seconds |
+header | ^ratelimit-limit: 2[[:space:]]*$ | | | | ... RateLimit-Limit: 2 |
+header | ^ratelimit-remaining: 0[[:space:]]*$ | | | | ... and RateLimit-Remaining: 0 |
+POST   | /todos | X-API-Key: $limited | {"title": "alice: too many"} | 429 | ... a POST -> 429 too | ERR && .code == "rate_limited"
+EOT
+	expect_sql "the 429 POST wrote no row" "$(sql "SELECT count(*) FROM todo.todos WHERE title = 'alice: too many'")" 0
+	req GET /todos -H "X-API-Key: $ALICE"
+	if [[ $CODE == 200 ]] && ! grep -qiE '^(ratelimit-|retry-after)' "$S/headers"; then
+		ok "alice's other key (no limit) -> 200 with no RateLimit-* header"
+	else
+		not_ok "alice's other key (no limit) -> 200 with no RateLimit-* header" "$LAST: $CODE" "headers: $(tr '\r\n' '  ' <"$S/headers")"
+	fi
 }
 
 # What nginx lets through (once: it does not depend on the pool).
