@@ -980,9 +980,12 @@ COMMENT ON FUNCTION apikeys.apikey_credit_usage(text, integer) IS
 -- The worker's lease pass: for each pool a charge waits on, reconcile it
 -- if shared memory never met it (write off what the row says was leased:
 -- a lease this server lost in a crash), refill a quota whose period ended,
--- and lease up to GREATEST(want, lease) of what the row has.  Rows locked
--- by an administrator are skipped until the next pass.
-CREATE FUNCTION apikeys._credit_serve(ids bigint[], wants numeric[], synced boolean[], lease numeric)
+-- and top the free part of its lease (frees) up to lease, or to what the
+-- waiting charge wants when that is more: so no more than that is ever
+-- free in memory, which bounds what a crash can cost.  Rows locked by an
+-- administrator are skipped until the next pass.
+CREATE FUNCTION apikeys._credit_serve(ids bigint[], wants numeric[], frees numeric[],
+	synced boolean[], lease numeric)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -994,7 +997,9 @@ DECLARE
 	reset boolean;
 	at timestamptz := pg_catalog.now();
 BEGIN
-	FOR w IN SELECT * FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(wants), pg_catalog.unnest(synced)) AS w(id, want, synced) LOOP
+	FOR w IN SELECT * FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(wants),
+									  pg_catalog.unnest(frees), pg_catalog.unnest(synced))
+			 AS w(id, want, free, synced) LOOP
 		SELECT * INTO p FROM apikeys.credit_pools AS t
 		 WHERE t.id OPERATOR(pg_catalog.=) w.id FOR UPDATE SKIP LOCKED;
 		IF NOT FOUND THEN
@@ -1024,7 +1029,11 @@ BEGIN
 											  'amount', apikeys._credit_display(p.amount),
 											  'period', p.period));
 		END IF;
-		granted := LEAST(p.available, GREATEST(w.want, lease));
+		IF reset THEN
+			w.free := 0;		-- the old generation's lease is void
+		END IF;
+		granted := LEAST(p.available,
+						 GREATEST(w.want, lease OPERATOR(pg_catalog.-) w.free, 0));
 		UPDATE apikeys.credit_pools AS t
 		   SET available = p.available OPERATOR(pg_catalog.-) granted,
 			   leased = p.leased OPERATOR(pg_catalog.+) granted,
@@ -1037,7 +1046,7 @@ BEGIN
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION apikeys._credit_serve(bigint[], numeric[], boolean[], numeric) IS
+COMMENT ON FUNCTION apikeys._credit_serve(bigint[], numeric[], numeric[], boolean[], numeric) IS
 	'Internal (worker): reconciles, refills and leases the pools charges wait for';
 
 -- The worker's settle pass: what committed charges spent leaves the
@@ -1114,7 +1123,7 @@ REVOKE ALL ON FUNCTION
 	apikeys._require_owner(text),
 	apikeys._quota_period_start(text, integer, timestamptz), apikeys._quota_refill_date(date, integer),
 	apikeys._quota_period_end(text, integer, date),
-	apikeys._credit_serve(bigint[], numeric[], boolean[], numeric),
+	apikeys._credit_serve(bigint[], numeric[], numeric[], boolean[], numeric),
 	apikeys._credit_settle(bigint[], integer[], numeric[], text[], date[], bigint[], numeric[], bigint[], integer[], numeric[]),
 	apikeys._authenticate_charge(text, text, text, text, numeric)
 FROM PUBLIC;

@@ -1243,9 +1243,12 @@ COMMENT ON FUNCTION apikeys.apikey_credit_usage(text, integer) IS
 -- The worker's lease pass: for each pool a charge waits on, reconcile it
 -- if shared memory never met it (write off what the row says was leased:
 -- a lease this server lost in a crash), refill a quota whose period ended,
--- and lease up to GREATEST(want, lease) of what the row has.  Rows locked
--- by an administrator are skipped until the next pass.
-CREATE FUNCTION apikeys._credit_serve(ids bigint[], wants numeric[], synced boolean[], lease numeric)
+-- and top the free part of its lease (frees) up to lease, or to what the
+-- waiting charge wants when that is more: so no more than that is ever
+-- free in memory, which bounds what a crash can cost.  Rows locked by an
+-- administrator are skipped until the next pass.
+CREATE FUNCTION apikeys._credit_serve(ids bigint[], wants numeric[], frees numeric[],
+	synced boolean[], lease numeric)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -1257,7 +1260,9 @@ DECLARE
 	reset boolean;
 	at timestamptz := pg_catalog.now();
 BEGIN
-	FOR w IN SELECT * FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(wants), pg_catalog.unnest(synced)) AS w(id, want, synced) LOOP
+	FOR w IN SELECT * FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(wants),
+									  pg_catalog.unnest(frees), pg_catalog.unnest(synced))
+			 AS w(id, want, free, synced) LOOP
 		SELECT * INTO p FROM apikeys.credit_pools AS t
 		 WHERE t.id OPERATOR(pg_catalog.=) w.id FOR UPDATE SKIP LOCKED;
 		IF NOT FOUND THEN
@@ -1287,7 +1292,11 @@ BEGIN
 											  'amount', apikeys._credit_display(p.amount),
 											  'period', p.period));
 		END IF;
-		granted := LEAST(p.available, GREATEST(w.want, lease));
+		IF reset THEN
+			w.free := 0;		-- the old generation's lease is void
+		END IF;
+		granted := LEAST(p.available,
+						 GREATEST(w.want, lease OPERATOR(pg_catalog.-) w.free, 0));
 		UPDATE apikeys.credit_pools AS t
 		   SET available = p.available OPERATOR(pg_catalog.-) granted,
 			   leased = p.leased OPERATOR(pg_catalog.+) granted,
@@ -1300,7 +1309,7 @@ BEGIN
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION apikeys._credit_serve(bigint[], numeric[], boolean[], numeric) IS
+COMMENT ON FUNCTION apikeys._credit_serve(bigint[], numeric[], numeric[], boolean[], numeric) IS
 	'Internal (worker): reconciles, refills and leases the pools charges wait for';
 
 -- The worker's settle pass: what committed charges spent leaves the

@@ -691,6 +691,8 @@ credits_charge(Oid keys_relid, int64 balance_pool, int64 quota_pool, int64 cost,
 				}
 				holds_reservation = true;
 				LWLockRelease(credits_shared->lock);
+				if (prefetch)
+					worker_wake(MyDatabaseId);
 				result = CHARGE_DONE;
 				break;
 			}

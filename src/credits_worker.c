@@ -75,10 +75,12 @@ credits_serve_body(void *arg)
 	CreditEntry *e;
 	Column		ids = {0},
 				wants = {0},
+				frees = {0},
 				synced = {0};
 	TimestampTz now = GetCurrentTimestamp();
-	Oid			argtypes[4] = {INT8ARRAYOID, NUMERICARRAYOID, BOOLARRAYOID, NUMERICOID};
-	Datum		args[4];
+	Oid			argtypes[5] = {INT8ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID,
+							   BOOLARRAYOID, NUMERICOID};
+	Datum		args[5];
 
 	LWLockAcquire(credits_shared->lock, LW_SHARED);
 	hash_seq_init(&seq, credits_hash);
@@ -86,6 +88,7 @@ credits_serve_body(void *arg)
 	{
 		bool		due;
 		int64		want;
+		int64		free;
 		bool		is_synced;
 
 		if (e->key.dbid != MyDatabaseId || e->key.keys_relid != keys_relid ||
@@ -95,12 +98,14 @@ credits_serve_body(void *arg)
 		due = (e->want > 0 || e->refill_wanted || !e->synced ||
 			   (e->is_quota && e->period_end != 0 && now >= e->period_end));
 		want = e->want;
+		free = e->available;
 		is_synced = e->synced;
 		SpinLockRelease(&e->mutex);
 		if (!due)
 			continue;
 		column_add(&ids, Int64GetDatum(e->key.pool));
 		column_add(&wants, NumericGetDatum(credit_numeric(want)));
+		column_add(&frees, NumericGetDatum(credit_numeric(free)));
 		column_add(&synced, BoolGetDatum(is_synced));
 	}
 	LWLockRelease(credits_shared->lock);
@@ -109,10 +114,11 @@ credits_serve_body(void *arg)
 
 	args[0] = column_array(&ids, INT8OID);
 	args[1] = column_array(&wants, NUMERICOID);
-	args[2] = column_array(&synced, BOOLOID);
-	args[3] = NumericGetDatum(int64_to_numeric(apikeys_credit_lease));
-	if (SPI_execute_with_args("SELECT apikeys._credit_serve($1, $2, $3, $4)",
-							  4, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+	args[2] = column_array(&frees, NUMERICOID);
+	args[3] = column_array(&synced, BOOLOID);
+	args[4] = NumericGetDatum(int64_to_numeric(apikeys_credit_lease));
+	if (SPI_execute_with_args("SELECT apikeys._credit_serve($1, $2, $3, $4, $5)",
+							  5, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not lease credits");
 }
 
