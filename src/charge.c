@@ -381,7 +381,8 @@ apikeys_credit_apply(PG_FUNCTION_ARGS)
  * apikeys._credit_live(pool bigint, row_available numeric) returns numeric:
  * what the pool holds for charges: the row's available (as this server
  * last committed it, or row_available before the worker has reconciled
- * the pool) and its lease's free part.
+ * the pool) and its lease's free part, including a part another
+ * transaction is recalling to the row (it is the pool's either way).
  */
 Datum
 apikeys_credit_live(PG_FUNCTION_ARGS)
@@ -399,6 +400,9 @@ apikeys_credit_live(PG_FUNCTION_ARGS)
 		if (e->synced && !own_change)
 			live = e->table_available;
 		live += e->available;
+		/* another transaction's recall in flight: still this pool's, until it commits */
+		if (!own_change)
+			live += e->recalling;
 		SpinLockRelease(&e->mutex);
 	}
 	LWLockRelease(credits_shared->lock);
