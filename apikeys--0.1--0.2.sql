@@ -178,6 +178,13 @@ BEGIN
 
 	successor := apikeys._create_key(k.owner, k.name, k.scope, k.ip_restrictions,
 									 k.lifetime_days, k.prefix, k.metadata, k.id);
+	-- the successor carries the key's rate limits (fresh windows) and quotas
+	-- (the same amount and refill, starting full)
+	INSERT INTO apikeys.ratelimits (name, key_id, max, per)
+	SELECT r.name, successor.id, r.max, r.per
+	  FROM apikeys.ratelimits AS r WHERE r.key_id OPERATOR(pg_catalog.=) k.id;
+	PERFORM apikeys.apikey_quota_set(successor.id, p.credit, p.amount, p.refill, p.refill_day)
+	   FROM apikeys.credit_pools AS p WHERE p.key_id OPERATOR(pg_catalog.=) k.id;
 
 	old_until := successor.created_at OPERATOR(pg_catalog.+) grace;
 	IF k.expires_at IS NOT NULL AND k.expires_at OPERATOR(pg_catalog.<) old_until THEN
@@ -1163,8 +1170,7 @@ CREATE TABLE apikeys.ratelimits (
 	owner		text,
 	max			integer NOT NULL CHECK (max OPERATOR(pg_catalog.>) 0),
 	per			interval NOT NULL
-				CHECK (per OPERATOR(pg_catalog.>=) interval '1 second'
-					   AND per OPERATOR(pg_catalog.<=) interval '1 day'),
+				CHECK (pg_catalog.date_part('epoch', per) BETWEEN 1 AND 86400),
 	CHECK ((key_id IS NULL) OPERATOR(pg_catalog.<>) (owner IS NULL))
 );
 CREATE UNIQUE INDEX ratelimits_key_idx ON apikeys.ratelimits (key_id, name)
@@ -1226,9 +1232,10 @@ BEGIN
 		RAISE EXCEPTION 'max must be a positive number of requests'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	-- judged by its length in seconds, the measure the windows use (so
+	-- '1 year -359 days' is 6.25 days, and '-1 year 361 days' negative)
 	IF apikey_ratelimit_set.per IS NULL
-	   OR apikey_ratelimit_set.per OPERATOR(pg_catalog.<) interval '1 second'
-	   OR apikey_ratelimit_set.per OPERATOR(pg_catalog.>) interval '1 day' THEN
+	   OR pg_catalog.date_part('epoch', apikey_ratelimit_set.per) NOT BETWEEN 1 AND 86400 THEN
 		RAISE EXCEPTION 'per must be between 1 second and 1 day'
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = pg_catalog.format('The interval given was %s.',
@@ -1241,6 +1248,20 @@ BEGIN
 			PERFORM apikeys._no_such_key(apikey_ratelimit_set.key_id);
 		END IF;
 		who := k.owner;
+	END IF;
+	-- at most 32 limits per key and 32 per owner, so that a request checks
+	-- every one (the validation reads 64); serialised per owner
+	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('apikeys.ratelimits'),
+											 pg_catalog.hashtext(who));
+	IF (SELECT pg_catalog.count(*) FROM apikeys.ratelimits AS r
+		 WHERE (r.key_id OPERATOR(pg_catalog.=) apikey_ratelimit_set.key_id
+				OR r.owner OPERATOR(pg_catalog.=) apikey_ratelimit_set.owner)
+		   AND r.name OPERATOR(pg_catalog.<>) apikey_ratelimit_set.name) OPERATOR(pg_catalog.>=) 32 THEN
+		RAISE EXCEPTION 'too many rate limits'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A key, and an owner, can have at most 32 rate limits each.';
+	END IF;
+	IF apikey_ratelimit_set.key_id IS NOT NULL THEN
 		INSERT INTO apikeys.ratelimits AS r (name, key_id, max, per)
 		VALUES (apikey_ratelimit_set.name, k.id, apikey_ratelimit_set.max, apikey_ratelimit_set.per)
 		ON CONFLICT (key_id, name) WHERE key_id IS NOT NULL

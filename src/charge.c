@@ -27,6 +27,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -143,7 +144,9 @@ pool_lookup(bool quota, text *name, text *credit)
 		if (plans[i] == NULL || SPI_keepplan(plans[i]) != 0)
 			elog(ERROR, "could not prepare the credit pool lookup");
 	}
-	if (SPI_execute_plan(plans[i], args, NULL, true, 1) != SPI_OK_SELECT)
+	/* the latest committed pools, even inside a REPEATABLE READ transaction */
+	if (SPI_execute_snapshot(plans[i], args, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up a credit pool");
 	if (SPI_processed == 1)
 	{
@@ -235,38 +238,35 @@ charge_limited(Outcome outcome, const KeyRow *row, text *credit, int64 cost,
 			   RateInfo *rate, int64 *remaining)
 {
 	RateTaken	taken;
-	volatile bool charged = false;
 
 	*remaining = 0;
 	require_credit_name(credit);
-	/* refuse before any limit is consumed */
-	if (outcome == OUTCOME_VALID && RecoveryInProgress())
+	if (outcome != OUTCOME_VALID)
+		return apikey_limit(outcome, row, rate, &taken);
+	/* refuse before anything is reserved or counted */
+	if (RecoveryInProgress())
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("cannot charge credits on a hot standby"),
 				 errdetail("Balances are kept by the primary server."),
 				 errhint("Send requests that charge credits to the primary; apikey_validate works here.")));
-	outcome = apikey_limit(outcome, row, rate, &taken);
-	if (outcome != OUTCOME_VALID)
-		return outcome;
 
-	/* a refused request consumes nothing anywhere: neither does a failed one */
-	PG_TRY();
+	/*
+	 * The credits first, then the rate limits: a charge may wait (for a
+	 * lease, or for another transaction's reservation), and must not hold a
+	 * rate limit count meanwhile; an error while it waits has counted
+	 * nothing.  A rate-limited request gives its reservation back at once.
+	 */
+	if (charge_key(row, credit, cost, remaining))
 	{
-		charged = charge_key(row, credit, cost, remaining);
+		outcome = apikey_limit(OUTCOME_VALID, row, rate, &taken);
+		if (outcome != OUTCOME_VALID)
+			credits_undo_last_charge();
+		return outcome;
 	}
-	PG_CATCH();
-	{
-		ratelimit_give_back(&taken);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	if (charged)
-		return OUTCOME_VALID;
-	ratelimit_give_back(&taken);
-	if (rate->limited)
-		rate->remaining++;
-	return OUTCOME_INSUFFICIENT_CREDITS;
+	/* short of credits: rate_limited still comes first, and nothing is counted */
+	return ratelimit_check(row, GetCurrentTimestamp(), rate, &taken, false) ?
+		OUTCOME_INSUFFICIENT_CREDITS : OUTCOME_RATE_LIMITED;
 }
 
 /*

@@ -210,6 +210,7 @@ typedef struct CreditOp
 
 static CreditOp *ops = NULL;
 static int	nops = 0;
+static int	last_charge_start = -1;	/* ops of the last charge: [start, nops) */
 static int	maxops = 0;
 static bool holds_reservation = false;
 
@@ -304,6 +305,26 @@ credit_op_cancel(const CreditKey *key)
 	}
 	LWLockRelease(credits_shared->lock);
 	nops = kept;
+	last_charge_start = -1;
+}
+
+void
+credits_undo_last_charge(void)
+{
+	if (last_charge_start < 0 || last_charge_start > nops)
+		return;
+	LWLockAcquire(credits_shared->lock, LW_SHARED);
+	for (int i = last_charge_start; i < nops; i++)
+		(void) op_finish(&ops[i], false);
+	LWLockRelease(credits_shared->lock);
+	nops = last_charge_start;
+	last_charge_start = -1;
+	holds_reservation = false;
+	for (int i = 0; i < nops; i++)
+		if (ops[i].kind == OP_RESERVE)
+			holds_reservation = true;
+	if (pg_atomic_read_u32(&credits_shared->waiting) > 0)
+		ConditionVariableBroadcast(&credits_shared->changed);
 }
 
 bool
@@ -415,6 +436,7 @@ ops_finish(bool commit, SubTransactionId subid)
 	if (nops == 0 || credits_hash == NULL)
 	{
 		nops = 0;
+		last_charge_start = -1;
 		return;
 	}
 	for (int i = 0; i < nops; i++)
@@ -432,6 +454,7 @@ ops_finish(bool commit, SubTransactionId subid)
 	}
 	LWLockRelease(credits_shared->lock);
 	nops = kept;
+	last_charge_start = -1;
 	holds_reservation = false;
 	for (int i = 0; i < nops; i++)
 		if (ops[i].kind == OP_RESERVE)
@@ -681,6 +704,7 @@ credits_charge(Oid keys_relid, int64 balance_pool, int64 quota_pool, int64 cost,
 				*remaining = pool_left(bal);
 				if (quota)
 					*remaining = Min(*remaining, pool_left(quota));
+				last_charge_start = nops;
 				for (int i = 0; i < n; i++)
 				{
 					op = op_new(OP_RESERVE, &keys[i]);

@@ -59,6 +59,9 @@ extern ChargeResult credits_charge(Oid keys_relid, int64 balance_pool, int64 quo
 extern Outcome charge_limited(Outcome outcome, const KeyRow *row, text *credit, int64 cost,
 							  RateInfo *rate, int64 *remaining);
 
+/* Gives back, at once, the reservation the last credits_charge made (still open). */
+extern void credits_undo_last_charge(void);
+
 /* Forgets every credit entry of a dropped database or extension instance. */
 extern void credits_forget(Oid dbid, Oid keys_relid);
 

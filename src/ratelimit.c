@@ -41,9 +41,13 @@
  *
  * Limits come from a per-backend cache of apikeys.ratelimits by key id,
  * emptied by the table's invalidation trigger, so a change takes effect at
- * the next call in every session.  A changed max applies to the counts
- * already in the window; a changed `per` starts a new state.  Limits are
- * per server: a hot standby counts its own requests.
+ * the next call in every session (the table is read with the latest
+ * snapshot, also inside a REPEATABLE READ transaction).  A changed max
+ * applies to the counts already in the window.  A changed `per` keeps the
+ * count: everything counted moves into the current sub-bucket of the new
+ * window, which keeps each request counted at least as long as it really
+ * is inside any window of the new length (stricter, never looser).
+ * Limits are per server: a hot standby counts its own requests.
  */
 #include "postgres.h"
 
@@ -59,6 +63,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "guc.h"
@@ -76,12 +81,12 @@ typedef struct RateKey
 	Oid			dbid;
 	Oid			keys_relid;
 	int64		limit_id;
-	int64		per_usecs;
 } RateKey;
 
 typedef struct RateState
 {
 	RateKey		key;			/* hash key: must be first */
+	int64		per_usecs;		/* the window the counts are kept for */
 	int64		newest;			/* sub-bucket number of counts[newest % RL_SLOTS] */
 	uint32		counts[RL_SLOTS];
 } RateState;
@@ -232,7 +237,9 @@ limits_read(Datum id, Datum owner, LimitDef **defs)
 		if (limits_plan == NULL || SPI_keepplan(limits_plan) != 0)
 			elog(ERROR, "could not prepare the rate limit lookup");
 	}
-	if (SPI_execute_plan(limits_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+	/* the latest committed limits, even inside a REPEATABLE READ transaction */
+	if (SPI_execute_snapshot(limits_plan, args, NULL, GetLatestSnapshot(),
+							 InvalidSnapshot, true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up rate limits");
 	n = (int) SPI_processed;
 	*defs = n > 0 ? MemoryContextAlloc(limit_cxt, sizeof(LimitDef) * n) : NULL;
@@ -245,6 +252,8 @@ limits_read(Datum id, Datum owner, LimitDef **defs)
 		(*defs)[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		(*defs)[i].max = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 		(*defs)[i].per_usecs = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		/* the table's CHECK keeps per within 1 s .. 1 day; never trust less */
+		(*defs)[i].per_usecs = Max(USECS_PER_SEC, Min(USECS_PER_DAY, (*defs)[i].per_usecs));
 	}
 	SPI_finish();
 	SetUserIdAndSecContext(save_userid, save_sec_context);
@@ -368,6 +377,13 @@ lock_partitions(const uint32 *hashes, int n, bool acquire)
 bool
 ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *taken)
 {
+	return ratelimit_check(row, now, info, taken, true);
+}
+
+bool
+ratelimit_check(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *taken,
+				bool consume)
+{
 	const LimitDef *defs;
 	int			n;
 	RateKey		keys[RATELIMIT_MAX_PER_REQUEST];
@@ -377,6 +393,7 @@ ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *ta
 	uint32		counts[RATELIMIT_MAX_PER_REQUEST];
 	bool		passed = true;
 	bool		full = false;
+	bool		tracked = false;
 
 	memset(info, 0, sizeof(*info));
 	taken->n = 0;
@@ -394,7 +411,6 @@ ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *ta
 		keys[i].dbid = MyDatabaseId;
 		keys[i].keys_relid = row->keys_relid;
 		keys[i].limit_id = defs[i].id;
-		keys[i].per_usecs = defs[i].per_usecs;
 		hashes[i] = get_hash_value(rate_hash, &keys[i]);
 	}
 
@@ -417,11 +433,26 @@ ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *ta
 				full = true;
 				continue;
 			}
+			states[i]->per_usecs = defs[i].per_usecs;
 			states[i]->newest = now / g;
 			memset(states[i]->counts, 0, sizeof(states[i]->counts));
 		}
+		else if (states[i]->per_usecs != defs[i].per_usecs)
+		{
+			/* per changed: keep what was counted, now, in the new window */
+			int64		old_g = bucket_width(states[i]->per_usecs);
+			uint32		kept;
+
+			(void) advance(states[i], now / old_g);
+			kept = window_count(states[i]);
+			memset(states[i]->counts, 0, sizeof(states[i]->counts));
+			states[i]->per_usecs = defs[i].per_usecs;
+			states[i]->newest = now / g;
+			states[i]->counts[states[i]->newest % RL_SLOTS] = kept;
+		}
 		current[i] = advance(states[i], now / g);
 		counts[i] = window_count(states[i]);
+		tracked = true;
 		if (counts[i] >= (uint32) defs[i].max)
 		{
 			TimestampTz reset = when_at_most(states[i], current[i], g, counts[i],
@@ -441,6 +472,7 @@ ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *ta
 	if (passed)
 	{
 		bool		first = true;
+		int			used = consume ? 1 : 0;
 
 		for (int i = 0; i < n; i++)
 		{
@@ -449,24 +481,28 @@ ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *ta
 
 			if (states[i] == NULL)
 				continue;
-			states[i]->counts[current[i] % RL_SLOTS]++;
-			remaining = defs[i].max - (int32) counts[i] - 1;
+			if (consume)
+				states[i]->counts[current[i] % RL_SLOTS]++;
+			remaining = defs[i].max - (int32) counts[i] - used;
 			if (first || remaining < info->remaining)
 			{
 				info->limit = defs[i].max;
 				info->remaining = remaining;
-				info->reset = when_at_most(states[i], current[i], g, counts[i] + 1, counts[i]);
+				info->reset = when_at_most(states[i], current[i], g, counts[i] + used,
+											Max(counts[i] + used, 1) - 1);
 				first = false;
 			}
+			if (!consume)
+				continue;
 			taken->limit_ids[taken->n] = keys[i].limit_id;
-			taken->per_usecs[taken->n] = keys[i].per_usecs;
 			taken->bucket[taken->n] = current[i];
 			taken->n++;
 		}
 	}
 	lock_partitions(hashes, n, false);
 
-	info->limited = true;
+	/* with no window to count in (a full table), the key shows no limit */
+	info->limited = tracked;
 	if (full)
 	{
 		/* the worker purges passed windows at once */
@@ -490,7 +526,6 @@ ratelimit_give_back(const RateTaken *taken)
 		keys[i].dbid = MyDatabaseId;
 		keys[i].keys_relid = taken->keys_relid;
 		keys[i].limit_id = taken->limit_ids[i];
-		keys[i].per_usecs = taken->per_usecs[i];
 		hashes[i] = get_hash_value(rate_hash, &keys[i]);
 	}
 	lock_partitions(hashes, taken->n, true);
@@ -521,7 +556,7 @@ ratelimit_purge(void)
 	while ((s = hash_seq_search(&seq)) != NULL)
 	{
 		/* every sub-bucket has left the window: the state holds nothing */
-		if (now / bucket_width(s->key.per_usecs) - s->newest > RL_BUCKETS)
+		if (now / bucket_width(s->per_usecs) - s->newest > RL_BUCKETS)
 			hash_search(rate_hash, &s->key, HASH_REMOVE, NULL);
 	}
 	for (int p = RL_PARTITIONS - 1; p >= 0; p--)

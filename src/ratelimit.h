@@ -29,7 +29,6 @@ typedef struct RateTaken
 	Oid			keys_relid;
 	int			n;
 	int64		limit_ids[RATELIMIT_MAX_PER_REQUEST];
-	int64		per_usecs[RATELIMIT_MAX_PER_REQUEST];
 	int64		bucket[RATELIMIT_MAX_PER_REQUEST];
 } RateTaken;
 
@@ -45,6 +44,10 @@ extern void ratelimit_shmem_startup(void);
  */
 extern bool ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info,
 						   RateTaken *taken);
+
+/* ratelimit_take, or with consume false only the check: nothing counted. */
+extern bool ratelimit_check(const KeyRow *row, TimestampTz now, RateInfo *info,
+							RateTaken *taken, bool consume);
 
 /* Gives back what ratelimit_take consumed (the request was refused later). */
 extern void ratelimit_give_back(const RateTaken *taken);
