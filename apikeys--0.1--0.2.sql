@@ -199,6 +199,8 @@ BEGIN
 	RETURN successor;
 END
 $$;
+COMMENT ON FUNCTION apikeys.apikey_rotate(text, interval, text) IS
+	'Mints a successor with the same owner, name, scope, IPs, prefix, metadata, lifetime, rate limits and quotas; the old key stays valid for grace (0 to 7 days)';
 
 ------------------------------------------------------------------------------
 -- The worker's expiry pass, as a function

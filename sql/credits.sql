@@ -257,7 +257,7 @@ SELECT p.credit, p.amount, p.refill, p.refill_day,
 SELECT apikeys.apikey_credit_add('credits_owner', 'daily_credit', 100) AS balance;
 SELECT code, remaining FROM apikeys.apikey_charge(:'k_meter', 'daily_credit', 3);
 UPDATE apikeys.credit_pools SET period = period - 1 WHERE key_id = :'id_meter' AND credit = 'daily_credit';
-SELECT apikeys._credit_serve(ARRAY[id], ARRAY[0::numeric], ARRAY[true], 100)
+SELECT apikeys._credit_serve(ARRAY[id], ARRAY[0::numeric], ARRAY[0::numeric], ARRAY[true], 100)
   FROM apikeys.credit_pools WHERE key_id = :'id_meter' AND credit = 'daily_credit';
 SELECT code, remaining FROM apikeys.apikey_charge(:'k_meter', 'daily_credit', 0);
 SELECT code, remaining FROM apikeys.apikey_charge(:'k_meter', 'daily_credit', 5);
