@@ -24,7 +24,11 @@
 # day of the statement's start and of its end: a call that would straddle
 # midnight is detected rather than guessed.  About 25 s.  Skipped only when
 # libfaketime (Debian package faketime, installed by test/setup.sh) is
-# missing.
+# missing.  libfaketime shifts the clock of client backends; background
+# workers, which the postmaster starts from a signal handler, keep the real
+# clock.  That is harmless here (a count's day is its statement's, and the
+# worker only writes it); 015_credits.pl, where the worker itself must see
+# midnight, uses a clock shim instead.
 use strict;
 use warnings;
 
