@@ -1547,7 +1547,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'A percent escape in the path is malformed or does not decode to text.';
 	END IF;
-	SELECT * INTO need FROM apikeys._request_route(method, path, seed);
+	need := apikeys._request_route(method, path, seed);
 	IF need.credit IS NULL THEN
 		PERFORM apikeys._authenticate(headers OPERATOR(pg_catalog.->>) 'x-api-key', need.permission,
 									  headers OPERATOR(pg_catalog.->>) 'x-forwarded-for');

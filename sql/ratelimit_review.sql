@@ -58,3 +58,13 @@ SELECT p.credit, p.amount, p.refill, p.key_id = :'kid4' AS on_successor
 SELECT string_agg((apikeys.apikey_validate(:'k4')).code, ',') AS successor FROM generate_series(1, 2);
 SELECT string_agg(c.code, ',') AS successor_charges
   FROM generate_series(1, 1) AS g, apikeys.apikey_charge(:'k4', 'rlr_credit') AS c;
+
+-- more limits than a backend reads in bulk (10,000): lookups go per key,
+-- with the same answers
+SELECT key AS k5, id AS kid5 FROM apikeys.apikey_create('rlr_many', 'many') \gset
+INSERT INTO apikeys.ratelimits (name, owner, max, per)
+SELECT 'bulk', 'rlr_bulk_' || g, 1000, '1 hour' FROM generate_series(1, 10001) AS g;
+SELECT apikeys.apikey_ratelimit_set('few', 2, '1 hour', owner => 'rlr_many');
+SELECT string_agg((apikeys.apikey_validate(:'k5')).code, ',') AS per_key_lookups FROM generate_series(1, 3);
+DELETE FROM apikeys.ratelimits WHERE name = 'bulk';
+SELECT string_agg((apikeys.apikey_validate(:'k5')).code, ',') AS bulk_again FROM generate_series(1, 2);

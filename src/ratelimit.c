@@ -52,6 +52,7 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "common/hashfn.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -163,17 +164,53 @@ typedef struct KeyLimits
 	LimitDef   *defs;
 } KeyLimits;
 
+/* An owner's limits, in the bulk maps (hash collisions fall back to SPI). */
+typedef struct OwnerLimits
+{
+	uint64		hash;			/* hash key: of the owner */
+	char	   *owner;
+	int			n;
+	LimitDef   *defs;
+} OwnerLimits;
+
+/*
+ * The cache: a key's limits and its owner's, by key id.  A miss is served
+ * from the bulk maps (every row of apikeys.ratelimits, read once per
+ * invalidation while the table has at most BULK_LIMITS rows), else by an
+ * SPI lookup: a key without limits costs a hash probe either way, not a
+ * query per key and connection.
+ */
+#define BULK_LIMITS			10000
+#define BULK_UNREAD			0
+#define BULK_READ			1
+#define BULK_TOO_MANY		2
+
 static HTAB *limit_cache = NULL;
+static HTAB *bulk_keys = NULL;		/* KeyLimits of key limits only */
+static HTAB *bulk_owners = NULL;	/* OwnerLimits */
+static int	bulk_state = BULK_UNREAD;
 static MemoryContext limit_cxt = NULL;
 static bool limit_cache_stale = true;
 static Oid	limits_relid = InvalidOid;
 static SPIPlanPtr limits_plan = NULL;
+static SPIPlanPtr bulk_plan = NULL;
 
 static void
 limits_invalidate(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == limits_relid)
 		limit_cache_stale = true;
+}
+
+static HTAB *
+key_map(const char *name)
+{
+	HASHCTL		info;
+
+	info.keysize = APIKEY_ID_LEN + 1;
+	info.entrysize = sizeof(KeyLimits);
+	info.hcxt = limit_cxt;
+	return hash_create(name, 256, &info, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 }
 
 static void
@@ -190,73 +227,192 @@ limit_cache_reset(void)
 	}
 	else
 		MemoryContextReset(limit_cxt);
-	info.keysize = APIKEY_ID_LEN + 1;
-	info.entrysize = sizeof(KeyLimits);
+	limit_cache = key_map("apikeys limit cache");
+	bulk_keys = key_map("apikeys key limits");
+	info.keysize = sizeof(uint64);
+	info.entrysize = sizeof(OwnerLimits);
 	info.hcxt = limit_cxt;
-	limit_cache = hash_create("apikeys limit cache", 256, &info,
-							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	bulk_owners = hash_create("apikeys owner limits", 64, &info,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	bulk_state = BULK_UNREAD;
 	nsp = get_namespace_oid("apikeys", true);
 	/* a database still on 0.1's schema has no limits */
 	limits_relid = OidIsValid(nsp) ? get_relname_relid("ratelimits", nsp) : InvalidOid;
 	if (limits_plan)
 		SPI_freeplan(limits_plan);
-	limits_plan = NULL;
+	if (bulk_plan)
+		SPI_freeplan(bulk_plan);
+	limits_plan = bulk_plan = NULL;
 	limit_cache_stale = false;
 }
 
-/* Reads the limits of key id and owner from the table, as its owner. */
-static int
-limits_read(Datum id, Datum owner, LimitDef **defs)
+/*
+ * Runs plan (with args) as the table's owner, with the latest snapshot (so
+ * a change committed during a REPEATABLE READ transaction is seen); SPI
+ * stays connected for the caller to read SPI_tuptable and call
+ * finish_as_owner.  EXECUTE on the validating function is the only gate.
+ */
+static void
+run_as_owner(SPIPlanPtr *plan, const char *query, int nargs, Oid *argtypes, Datum *args,
+			 Oid *save_userid, int *save_sec_context)
 {
-	Oid			argtypes[2] = {TEXTOID, TEXTOID};
-	Datum		args[2] = {id, owner};
 	HeapTuple	rel = SearchSysCache1(RELOID, ObjectIdGetDatum(limits_relid));
 	Oid			relowner;
-	Oid			save_userid;
-	int			save_sec_context;
-	int			n;
 
 	if (!HeapTupleIsValid(rel))
 		elog(ERROR, "cache lookup failed for relation %u", limits_relid);
 	relowner = ((Form_pg_class) GETSTRUCT(rel))->relowner;
 	ReleaseSysCache(rel);
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(relowner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+	GetUserIdAndSecContext(save_userid, save_sec_context);
+	SetUserIdAndSecContext(relowner, *save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	SPI_connect();
-	if (limits_plan == NULL)
+	if (*plan == NULL)
 	{
-		limits_plan = SPI_prepare("SELECT r.id, r.max,"
-								  " (pg_catalog.date_part('epoch', r.per)"
-								  "  OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8"
-								  " FROM apikeys.ratelimits r"
-								  " WHERE r.key_id OPERATOR(pg_catalog.=) $1"
-								  "    OR r.owner OPERATOR(pg_catalog.=) $2"
-								  " ORDER BY r.id LIMIT 64",
-								  2, argtypes);
-		if (limits_plan == NULL || SPI_keepplan(limits_plan) != 0)
+		*plan = SPI_prepare(query, nargs, argtypes);
+		if (*plan == NULL || SPI_keepplan(*plan) != 0)
 			elog(ERROR, "could not prepare the rate limit lookup");
 	}
-	/* the latest committed limits, even inside a REPEATABLE READ transaction */
-	if (SPI_execute_snapshot(limits_plan, args, NULL, GetLatestSnapshot(),
+	if (SPI_execute_snapshot(*plan, args, NULL, GetLatestSnapshot(),
 							 InvalidSnapshot, true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up rate limits");
-	n = (int) SPI_processed;
-	*defs = n > 0 ? MemoryContextAlloc(limit_cxt, sizeof(LimitDef) * n) : NULL;
-	for (int i = 0; i < n; i++)
-	{
-		bool		isnull;
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+}
 
-		(*defs)[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		(*defs)[i].max = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-		(*defs)[i].per_usecs = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
-		/* the table's CHECK keeps per within 1 s .. 1 day; never trust less */
-		(*defs)[i].per_usecs = Max(USECS_PER_SEC, Min(USECS_PER_DAY, (*defs)[i].per_usecs));
-	}
+static void
+finish_as_owner(Oid save_userid, int save_sec_context)
+{
 	SPI_finish();
 	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+/* One limit from SPI_tuptable row i, columns from col (id, max, per in µs). */
+static LimitDef
+limit_at(uint64 i, int col)
+{
+	bool		isnull;
+	HeapTuple	tup = SPI_tuptable->vals[i];
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+	LimitDef	d;
+
+	d.id = DatumGetInt64(SPI_getbinval(tup, desc, col, &isnull));
+	d.max = DatumGetInt32(SPI_getbinval(tup, desc, col + 1, &isnull));
+	d.per_usecs = DatumGetInt64(SPI_getbinval(tup, desc, col + 2, &isnull));
+	/* the table's CHECK keeps per within 1 s .. 1 day; never trust less */
+	d.per_usecs = Max(USECS_PER_SEC, Min(USECS_PER_DAY, d.per_usecs));
+	return d;
+}
+
+static void
+append_def(LimitDef **defs, int *n, LimitDef d)
+{
+	*defs = *defs == NULL ? MemoryContextAlloc(limit_cxt, sizeof(LimitDef)) :
+		repalloc(*defs, sizeof(LimitDef) * (*n + 1));
+	(*defs)[(*n)++] = d;
+}
+
+static uint64
+owner_hash(const char *owner)
+{
+	return hash_bytes_extended((const unsigned char *) owner, strlen(owner), 0);
+}
+
+#define LIMIT_COLUMNS \
+	" r.id, r.max, (pg_catalog.date_part('epoch', r.per)" \
+	"  OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8"
+
+/* Reads the whole table into the bulk maps, unless it is too large. */
+static void
+bulk_read(void)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+
+	run_as_owner(&bulk_plan,
+				 "SELECT" LIMIT_COLUMNS ", r.key_id, r.owner FROM apikeys.ratelimits r"
+				 " ORDER BY r.id LIMIT " CppAsString2(BULK_LIMITS) " + 1",
+				 0, NULL, NULL, &save_userid, &save_sec_context);
+	bulk_state = (SPI_processed > BULK_LIMITS) ? BULK_TOO_MANY : BULK_READ;
+	for (uint64 i = 0; bulk_state == BULK_READ && i < SPI_processed; i++)
+	{
+		LimitDef	d = limit_at(i, 1);
+		char	   *key_id = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 4);
+		char	   *owner = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 5);
+		bool		found;
+
+		if (key_id != NULL)
+		{
+			char		id[APIKEY_ID_LEN + 1];
+			KeyLimits  *k;
+
+			memset(id, 0, sizeof(id));
+			strlcpy(id, key_id, sizeof(id));
+			k = hash_search(bulk_keys, id, HASH_ENTER, &found);
+			if (!found)
+			{
+				k->n = 0;
+				k->defs = NULL;
+			}
+			append_def(&k->defs, &k->n, d);
+		}
+		else if (owner != NULL)
+		{
+			uint64		h = owner_hash(owner);
+			OwnerLimits *o = hash_search(bulk_owners, &h, HASH_ENTER, &found);
+
+			if (!found)
+			{
+				o->owner = MemoryContextStrdup(limit_cxt, owner);
+				o->n = 0;
+				o->defs = NULL;
+			}
+			else if (strcmp(o->owner, owner) != 0)
+				bulk_state = BULK_TOO_MANY;	/* a hash collision: per-key lookups */
+			append_def(&o->defs, &o->n, d);
+		}
+	}
+	finish_as_owner(save_userid, save_sec_context);
+}
+
+/* The limits of key id and owner from the bulk maps; false if they cannot tell. */
+static bool
+limits_from_bulk(const char *id, Datum owner, LimitDef **defs, int *n)
+{
+	KeyLimits  *k = hash_search(bulk_keys, id, HASH_FIND, NULL);
+	char	   *o = TextDatumGetCString(owner);
+	uint64		h = owner_hash(o);
+	OwnerLimits *ol = hash_search(bulk_owners, &h, HASH_FIND, NULL);
+
+	if (ol != NULL && strcmp(ol->owner, o) != 0)
+		return false;
+	*defs = NULL;
+	*n = 0;
+	for (int i = 0; k != NULL && i < k->n; i++)
+		append_def(defs, n, k->defs[i]);
+	for (int i = 0; ol != NULL && i < ol->n; i++)
+		append_def(defs, n, ol->defs[i]);
+	return true;
+}
+
+/* Reads the limits of key id and owner from the table (up to 64). */
+static int
+limits_read(Datum id, Datum owner, LimitDef **defs)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		args[2] = {id, owner};
+	Oid			save_userid;
+	int			save_sec_context;
+	int			n = 0;
+
+	run_as_owner(&limits_plan,
+				 "SELECT" LIMIT_COLUMNS " FROM apikeys.ratelimits r"
+				 " WHERE r.key_id OPERATOR(pg_catalog.=) $1"
+				 "    OR r.owner OPERATOR(pg_catalog.=) $2"
+				 " ORDER BY r.id LIMIT 64",
+				 2, argtypes, args, &save_userid, &save_sec_context);
+	*defs = NULL;
+	for (uint64 i = 0; i < SPI_processed; i++)
+		append_def(defs, &n, limit_at(i, 1));
+	finish_as_owner(save_userid, save_sec_context);
 	return n;
 }
 
@@ -285,17 +441,27 @@ limits_of(const KeyRow *row, int *n)
 		*n = entry->n;
 		return entry->defs;
 	}
-	count = limits_read(row->id, row->owner, &defs);
+	if (bulk_state == BULK_UNREAD)
+		bulk_read();
+	if (limit_cache_stale)
+	{
+		/* changed while we read: the next call reads again */
+		count = limits_read(row->id, row->owner, &defs);
+		*n = Min(count, RATELIMIT_MAX_PER_REQUEST);
+		return defs;
+	}
+	if (bulk_state != BULK_READ || !limits_from_bulk(id, row->owner, &defs, &count))
+		count = limits_read(row->id, row->owner, &defs);
 	if (limit_cache_stale)
 	{
 		/* changed while we read: use the answer once, cache nothing */
-		*n = count;
+		*n = Min(count, RATELIMIT_MAX_PER_REQUEST);
 		return defs;
 	}
 	entry = hash_search(limit_cache, id, HASH_ENTER, &found);
-	entry->n = count;
+	entry->n = Min(count, RATELIMIT_MAX_PER_REQUEST);
 	entry->defs = defs;
-	*n = count;
+	*n = entry->n;
 	return defs;
 }
 
