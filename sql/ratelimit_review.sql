@@ -68,3 +68,16 @@ SELECT apikeys.apikey_ratelimit_set('few', 2, '1 hour', owner => 'rlr_many');
 SELECT string_agg((apikeys.apikey_validate(:'k5')).code, ',') AS per_key_lookups FROM generate_series(1, 3);
 DELETE FROM apikeys.ratelimits WHERE name = 'bulk';
 SELECT string_agg((apikeys.apikey_validate(:'k5')).code, ',') AS bulk_again FROM generate_series(1, 2);
+
+-- the most constrained limit, on a tie, is the one set first, whichever way
+-- the limits were read (in bulk here, per key above 10,000 rows)
+SELECT key AS kt1, id AS kidt1 FROM apikeys.apikey_create('rlr_tie', 'tie 1') \gset
+SELECT key AS kt2 FROM apikeys.apikey_create('rlr_tie', 'tie 2') \gset
+SELECT apikeys.apikey_ratelimit_set('o', 4, '1 hour', owner => 'rlr_tie');
+SELECT apikeys.apikey_ratelimit_set('k', 3, '1 hour', key_id => :'kidt1');
+SELECT (apikeys.apikey_validate(:'kt2')).code;
+SELECT ratelimit_limit, ratelimit_remaining FROM apikeys.apikey_validate(:'kt1');
+INSERT INTO apikeys.ratelimits (name, owner, max, per)
+SELECT 'bulk', 'rlr_bulk_' || g, 1000, '1 hour' FROM generate_series(1, 10001) AS g;
+SELECT ratelimit_limit, ratelimit_remaining FROM apikeys.apikey_validate(:'kt1');
+DELETE FROM apikeys.ratelimits WHERE name = 'bulk';

@@ -255,8 +255,13 @@ charge_limited(Outcome outcome, const KeyRow *row, text *credit, int64 cost,
 	 * The credits first, then the rate limits: a charge may wait (for a
 	 * lease, or for another transaction's reservation), and must not hold a
 	 * rate limit count meanwhile; an error while it waits has counted
-	 * nothing.  A rate-limited request gives its reservation back at once.
+	 * nothing.  An exhausted limit is seen first (a peek, nothing counted);
+	 * one exhausted meanwhile makes the request rate_limited and gives its
+	 * reservation back at once.
 	 */
+	/* an exhausted limit answers at once: no wait for credits, no lease */
+	if (!ratelimit_check(row, GetCurrentTimestamp(), rate, &taken, false))
+		return OUTCOME_RATE_LIMITED;
 	if (charge_key(row, credit, cost, remaining))
 	{
 		outcome = apikey_limit(OUTCOME_VALID, row, rate, &taken);

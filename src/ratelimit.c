@@ -27,7 +27,8 @@
  * All or nothing.  The states of a request (the key's limits and its
  * owner's) are checked and consumed together under their partitions'
  * locks, taken in ascending order: either every one is counted or none.
- * A request refused later (apikey_charge's credits) gives its counts back.
+ * apikey_charge first peeks (nothing counted), reserves its credits, and
+ * only then counts: a request refused for credits counts nothing.
  *
  * Locking protocol: a partitioned hash table with RL_PARTITIONS LWLocks of
  * tranche "apikeys ratelimits"; a state is read and changed only under its
@@ -373,24 +374,37 @@ bulk_read(void)
 	finish_as_owner(save_userid, save_sec_context);
 }
 
-/* The limits of key id and owner from the bulk maps; false if they cannot tell. */
-static bool
-limits_from_bulk(const char *id, Datum owner, LimitDef **defs, int *n)
+static int
+def_by_id(const void *a, const void *b)
+{
+	int64		x = ((const LimitDef *) a)->id;
+	int64		y = ((const LimitDef *) b)->id;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * The limits of key id and owner from the bulk maps, into buf (in id order,
+ * as the per-key query gives them); -1 if the maps cannot tell (an owner
+ * hash collision).
+ */
+static int
+limits_from_bulk(const char *id, Datum owner, LimitDef *buf)
 {
 	KeyLimits  *k = hash_search(bulk_keys, id, HASH_FIND, NULL);
 	char	   *o = TextDatumGetCString(owner);
 	uint64		h = owner_hash(o);
 	OwnerLimits *ol = hash_search(bulk_owners, &h, HASH_FIND, NULL);
+	int			n = 0;
 
 	if (ol != NULL && strcmp(ol->owner, o) != 0)
-		return false;
-	*defs = NULL;
-	*n = 0;
-	for (int i = 0; k != NULL && i < k->n; i++)
-		append_def(defs, n, k->defs[i]);
-	for (int i = 0; ol != NULL && i < ol->n; i++)
-		append_def(defs, n, ol->defs[i]);
-	return true;
+		return -1;
+	for (int i = 0; k != NULL && i < k->n && n < RATELIMIT_MAX_PER_REQUEST; i++)
+		buf[n++] = k->defs[i];
+	for (int i = 0; ol != NULL && i < ol->n && n < RATELIMIT_MAX_PER_REQUEST; i++)
+		buf[n++] = ol->defs[i];
+	qsort(buf, n, sizeof(LimitDef), def_by_id);
+	return n;
 }
 
 /* Reads the limits of key id and owner from the table (up to 64). */
@@ -416,10 +430,16 @@ limits_read(Datum id, Datum owner, LimitDef **defs)
 	return n;
 }
 
-/* The limits of the key row and of its owner (n of them). */
+/*
+ * The limits of the key row and of its owner (n of them, in id order).
+ * From the bulk maps no copy is kept (two hash probes a call); answers of
+ * the per-key query are cached by key id, at most apikeys.backend_cache_keys
+ * of them (the cache starts over when full).
+ */
 static const LimitDef *
 limits_of(const KeyRow *row, int *n)
 {
+	static LimitDef buf[RATELIMIT_MAX_PER_REQUEST];
 	KeyLimits  *entry;
 	char		id[APIKEY_ID_LEN + 1];
 	text	   *t = DatumGetTextPP(row->id);
@@ -435,33 +455,33 @@ limits_of(const KeyRow *row, int *n)
 		return NULL;
 	memset(id, 0, sizeof(id));
 	memcpy(id, VARDATA_ANY(t), len);
+	if (bulk_state == BULK_UNREAD)
+		bulk_read();
+	if (bulk_state == BULK_READ && !limit_cache_stale &&
+		(count = limits_from_bulk(id, row->owner, buf)) >= 0)
+	{
+		*n = count;
+		return buf;
+	}
 	entry = hash_search(limit_cache, id, HASH_FIND, NULL);
 	if (entry)
 	{
 		*n = entry->n;
 		return entry->defs;
 	}
-	if (bulk_state == BULK_UNREAD)
-		bulk_read();
+	count = limits_read(row->id, row->owner, &defs);
+	*n = Min(count, RATELIMIT_MAX_PER_REQUEST);
+	/* changed while we read: use the answer once, cache nothing */
 	if (limit_cache_stale)
-	{
-		/* changed while we read: the next call reads again */
-		count = limits_read(row->id, row->owner, &defs);
-		*n = Min(count, RATELIMIT_MAX_PER_REQUEST);
 		return defs;
-	}
-	if (bulk_state != BULK_READ || !limits_from_bulk(id, row->owner, &defs, &count))
-		count = limits_read(row->id, row->owner, &defs);
-	if (limit_cache_stale)
+	if (hash_get_num_entries(limit_cache) >= Max(apikeys_backend_cache_keys, 1))
 	{
-		/* changed while we read: use the answer once, cache nothing */
-		*n = Min(count, RATELIMIT_MAX_PER_REQUEST);
-		return defs;
+		hash_destroy(limit_cache);
+		limit_cache = key_map("apikeys limit cache");
 	}
 	entry = hash_search(limit_cache, id, HASH_ENTER, &found);
-	entry->n = Min(count, RATELIMIT_MAX_PER_REQUEST);
+	entry->n = *n;
 	entry->defs = defs;
-	*n = entry->n;
 	return defs;
 }
 
@@ -676,35 +696,6 @@ ratelimit_check(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *t
 		worker_wake(MyDatabaseId);
 	}
 	return passed;
-}
-
-void
-ratelimit_give_back(const RateTaken *taken)
-{
-	RateKey		keys[RATELIMIT_MAX_PER_REQUEST];
-	uint32		hashes[RATELIMIT_MAX_PER_REQUEST] = {0};
-
-	if (taken->n == 0)
-		return;
-	for (int i = 0; i < taken->n; i++)
-	{
-		memset(&keys[i], 0, sizeof(RateKey));
-		keys[i].dbid = MyDatabaseId;
-		keys[i].keys_relid = taken->keys_relid;
-		keys[i].limit_id = taken->limit_ids[i];
-		hashes[i] = get_hash_value(rate_hash, &keys[i]);
-	}
-	lock_partitions(hashes, taken->n, true);
-	for (int i = 0; i < taken->n; i++)
-	{
-		RateState  *s = hash_search_with_hash_value(rate_hash, &keys[i], hashes[i],
-													HASH_FIND, NULL);
-
-		if (s != NULL && s->newest - taken->bucket[i] < RL_SLOTS &&
-			s->counts[taken->bucket[i] % RL_SLOTS] > 0)
-			s->counts[taken->bucket[i] % RL_SLOTS]--;
-	}
-	lock_partitions(hashes, taken->n, false);
 }
 
 void

@@ -23,7 +23,7 @@ typedef struct RateInfo
 /* The most limits one request consumes (a key's and its owner's). */
 #define RATELIMIT_MAX_PER_REQUEST	64
 
-/* What a passed request consumed, so that a later refusal can give it back. */
+/* What a passed request consumed. */
 typedef struct RateTaken
 {
 	Oid			keys_relid;
@@ -38,8 +38,8 @@ extern void ratelimit_shmem_startup(void);
 
 /*
  * Checks every limit of the key row and of its owner at now; true if all
- * have room, and then each is consumed once (taken says what, for
- * ratelimit_give_back).  False: nothing consumed.  *info describes the most
+ * have room, and then each is consumed once (taken says what).  False:
+ * nothing consumed.  *info describes the most
  * constrained limit either way.
  */
 extern bool ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info,
@@ -48,9 +48,6 @@ extern bool ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info,
 /* ratelimit_take, or with consume false only the check: nothing counted. */
 extern bool ratelimit_check(const KeyRow *row, TimestampTz now, RateInfo *info,
 							RateTaken *taken, bool consume);
-
-/* Gives back what ratelimit_take consumed (the request was refused later). */
-extern void ratelimit_give_back(const RateTaken *taken);
 
 /* Removes states whose window has passed (the worker, or a full table). */
 extern void ratelimit_purge(void);
