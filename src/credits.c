@@ -6,14 +6,16 @@
  * The table apikeys.credit_pools holds one row per owner's balance and per
  * key's quota of a credit: `available` (spendable, not leased) and `leased`
  * (moved to this server's shared memory).  The worker leases: in one
- * committed transaction it moves up to apikeys.credit_lease credits from
- * available to leased, and only then adds them to the pool's entry here.
+ * committed transaction it tops the pool's free part up to
+ * apikeys.credit_lease credits (or, for a busy pool, to what it spends in
+ * LEASE_HORIZON_USECS, at most LEASE_MAX_FACTOR leases) from available to
+ * leased, and only then adds them to the pool's entry here.
  * Charges take from the entry; the worker's flush settles what committed
  * charges spent (leased minus spent) and writes apikeys.credit_usage.  So
  * the owner's balance is available + the entry's available, every spent
  * credit left the row before it could be spent (a crash never gives one
  * back), and a crash can cost the owner at most the unspent part of one
- * lease per pool: the worker writes it off, audited, when it first meets
+ * lease per pool (credit_lease, or 0.1 s of a busy pool's spending): the worker writes it off, audited, when it first meets
  * the pool again (an entry it has not yet reconciled: `synced` false).
  * A clean shutdown saves the entries (credits_dump.c), so a clean restart
  * loses nothing.
@@ -63,6 +65,10 @@
 #include "credits_internal.h"
 #include "guc.h"
 #include "slots.h"
+
+/* A busy pool's lease covers this much of its spending, up to this many leases. */
+#define LEASE_HORIZON_USECS		(USECS_PER_SEC / 10)
+#define LEASE_MAX_FACTOR		100
 
 /* How long a charge waits for the worker before it gives up with an error. */
 #define WORKER_WAIT_MS			10000
@@ -120,6 +126,9 @@ credit_entry_init(CreditEntry *e)
 	e->refill_wanted = false;
 	e->want = 0;
 	e->last_used = 0;
+	e->consumed = 0;
+	e->granted_at = 0;
+	e->rate = 0;
 }
 
 /* ----------------------------------------------------------------------
@@ -403,6 +412,16 @@ op_finish(CreditOp *op, bool commit)
 			}
 			e->generation = op->generation;
 			e->available += op->amount;
+			if (op->amount > 0)
+			{
+				/* a lease: the pool's rate over the last one sizes the next */
+				TimestampTz at = GetCurrentTimestamp();
+
+				if (e->granted_at != 0 && at > e->granted_at)
+					e->rate = (int64) ((double) e->consumed * USECS_PER_SEC / (at - e->granted_at));
+				e->consumed = 0;
+				e->granted_at = at;
+			}
 			e->table_available = op->table_available;
 			e->leased = op->leased;
 			e->period_end = op->period_end;
@@ -548,12 +567,25 @@ take(CreditEntry *e, int64 cost, TimestampTz now, bool *prefetch)
 	{
 		e->available -= cost;
 		e->reserved += cost;
+		e->consumed += cost;
 		result = TAKE_DONE;
-		/* ask for the next lease before this one runs out */
-		if (e->table_available > 0 && e->want == 0 && e->available < lease / 2)
+		/*
+		 * Ask for the next lease before this one runs out: at half of what
+		 * the next lease will be.  A busy pool's lease grows to what it
+		 * spends in LEASE_HORIZON_USECS (up to LEASE_MAX_FACTOR leases), so
+		 * that its charges do not wait for the worker's transactions; that
+		 * is also the most a crash can cost it.
+		 */
+		if (e->table_available > 0 && e->want == 0)
 		{
-			e->want = 1;
-			*prefetch = true;
+			int64		target = (int64) ((double) e->rate * LEASE_HORIZON_USECS / USECS_PER_SEC);
+
+			target = Max(lease, Min(target, lease * LEASE_MAX_FACTOR));
+			if (e->available < target / 2)
+			{
+				e->want = Max(target - e->available, 1);
+				*prefetch = true;
+			}
 		}
 	}
 	else if (e->recalling > 0)
@@ -715,8 +747,8 @@ credits_charge(Oid keys_relid, int64 balance_pool, int64 quota_pool, int64 cost,
 				}
 				holds_reservation = true;
 				LWLockRelease(credits_shared->lock);
-				if (prefetch)
-					worker_wake(MyDatabaseId);
+				/* a prefetch is picked up by the worker's next look (PREFETCH_POLL_MS) */
+				(void) prefetch;
 				result = CHARGE_DONE;
 				break;
 			}
@@ -799,13 +831,14 @@ credits_pressure(void)
 }
 
 bool
-credits_wanted(Oid dbid)
+credits_wanted(Oid dbid, bool *has_pools)
 {
 	HASH_SEQ_STATUS seq;
 	CreditEntry *e;
 	bool		wanted = false;
 	TimestampTz now = GetCurrentTimestamp();
 
+	*has_pools = false;
 	if (credits_hash == NULL)
 		return false;
 	if (credits_pressure())
@@ -816,6 +849,7 @@ credits_wanted(Oid dbid)
 	{
 		if (e->key.dbid != dbid || !credit_key_is_pool(&e->key))
 			continue;
+		*has_pools = true;
 		SpinLockAcquire(&e->mutex);
 		wanted = (e->want > 0 || e->refill_wanted || !e->synced ||
 				  (e->is_quota && e->period_end != 0 && now >= e->period_end));

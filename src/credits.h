@@ -67,8 +67,15 @@ extern void credits_forget(Oid dbid, Oid keys_relid);
 
 /* True if a charge found the credit table full within the last seconds. */
 extern bool credits_pressure(void);
-/* True if some backend waits for the worker (lease, refill, room). */
-extern bool credits_wanted(Oid dbid);
+/*
+ * True if the pools of database dbid want the worker (a lease, asked for
+ * ahead or waited for, a refill, a reconciliation, room); *has_pools says
+ * whether it has pools at all.  A waiting charge wakes the worker; a lease
+ * asked for ahead waits for the worker's next look, every PREFETCH_POLL_MS
+ * while the database has pools, so that the worker serves them in batches.
+ */
+extern bool credits_wanted(Oid dbid, bool *has_pools);
+#define PREFETCH_POLL_MS	20
 
 /*
  * Worker side (credits_worker.c), run in the worker's transaction with SPI

@@ -48,6 +48,9 @@ typedef struct CreditEntry
 	bool		synced;			/* reconciled with its row by the worker */
 	bool		refill_wanted;	/* a charge saw period_end pass */
 	int64		want;			/* units a charge waits for (0: none) */
+	int64		consumed;		/* reserved since the last lease (its rate) */
+	TimestampTz granted_at;		/* when the last lease arrived */
+	int64		rate;			/* units per second reserved during the lease before */
 	TimestampTz last_used;
 } CreditEntry;
 

@@ -454,6 +454,7 @@ apikeys_worker_main(Datum arg)
 		uint64		requested;
 		uint64		done;
 		long		timeout;
+		bool		has_pools = false;
 
 		MemoryContextReset(loop_cxt);
 		if (ConfigReloadPending)
@@ -468,7 +469,7 @@ apikeys_worker_main(Datum arg)
 		LWLockRelease(slots_shared->lock);
 
 		/* charges waiting for a lease or a refill come first */
-		if (!extension_gone && credits_wanted(MyDatabaseId))
+		if (!extension_gone && credits_wanted(MyDatabaseId, &has_pools))
 		{
 			run_pass("apikeys: lease credits", credits_serve_body, NULL);
 			/* a full credit table: hand idle pools back now */
@@ -501,6 +502,9 @@ apikeys_worker_main(Datum arg)
 
 		now = GetCurrentTimestamp();
 		timeout = Min(ms_until(next_flush, now), ms_until(next_expiry, now));
+		/* leases asked for ahead are served in batches, every few ms */
+		if (has_pools)
+			timeout = Min(timeout, PREFETCH_POLL_MS);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
