@@ -65,7 +65,10 @@ static HTAB *pool_cache = NULL;
 static MemoryContext pool_cxt = NULL;
 static bool pool_cache_stale = true;
 static Oid	pools_relid = InvalidOid;
-static SPIPlanPtr plans[2];
+static SPIPlanPtr plans[3];	/* balance, quota, every pool */
+#define BULK_POOLS			10000
+static bool pools_read = false;		/* the bulk read was tried since the reset */
+static bool pools_complete = false; /* the cache holds every pool: a miss is none */
 
 static void
 pools_invalidate(Datum arg, Oid relid)
@@ -93,61 +96,76 @@ pool_cache_reset(void)
 	pool_cache = hash_create("apikeys pool cache", 256, &info,
 							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	pools_relid = get_relname_relid("credit_pools", get_namespace_oid("apikeys", false));
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < 3; i++)
 	{
 		if (plans[i])
 			SPI_freeplan(plans[i]);
 		plans[i] = NULL;
 	}
+	pools_read = pools_complete = false;
 	pool_cache_stale = false;
 }
 
 /*
- * Looks the pool up in apikeys.credit_pools; 0 if there is none.  The
- * lookup runs as the table's owner (as a SECURITY DEFINER function would,
- * only on a cache miss): EXECUTE on apikey_charge is the only gate, as for
- * apikey_validate.  An error restores the caller's identity with the
- * (sub)transaction's abort.
+ * Starts an SPI query as the table's owner (as a SECURITY DEFINER function
+ * would, only on a cache miss): EXECUTE on apikey_charge is the only gate,
+ * as for apikey_validate.  An error restores the caller's identity with the
+ * (sub)transaction's abort.  The query sees the latest committed pools, even
+ * inside a REPEATABLE READ transaction.
  */
+static void
+run_as_owner(SPIPlanPtr *plan, const char *query, int nargs, Oid *argtypes, Datum *args,
+			 long count, Oid *save_userid, int *save_sec_context)
+{
+	HeapTuple	rel = SearchSysCache1(RELOID, ObjectIdGetDatum(pools_relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(rel))
+		elog(ERROR, "cache lookup failed for relation %u", pools_relid);
+	owner = ((Form_pg_class) GETSTRUCT(rel))->relowner;
+	ReleaseSysCache(rel);
+	GetUserIdAndSecContext(save_userid, save_sec_context);
+	SetUserIdAndSecContext(owner, *save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	SPI_connect();
+	if (*plan == NULL)
+	{
+		*plan = SPI_prepare(query, nargs, argtypes);
+		if (*plan == NULL || SPI_keepplan(*plan) != 0)
+			elog(ERROR, "could not prepare the credit pool lookup");
+	}
+	if (SPI_execute_snapshot(*plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, count) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up a credit pool");
+}
+
+static void
+finish_as_owner(Oid save_userid, int save_sec_context)
+{
+	SPI_finish();
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+/* Looks one pool up in apikeys.credit_pools; 0 if there is none. */
 static int64
 pool_lookup(bool quota, text *name, text *credit)
 {
 	Oid			argtypes[2] = {TEXTOID, TEXTOID};
 	Datum		args[2] = {PointerGetDatum(name), PointerGetDatum(credit)};
 	int64		pool = 0;
-	int			i = quota ? 1 : 0;
-	HeapTuple	rel = SearchSysCache1(RELOID, ObjectIdGetDatum(pools_relid));
-	Oid			owner;
 	Oid			save_userid;
 	int			save_sec_context;
 
-	if (!HeapTupleIsValid(rel))
-		elog(ERROR, "cache lookup failed for relation %u", pools_relid);
-	owner = ((Form_pg_class) GETSTRUCT(rel))->relowner;
-	ReleaseSysCache(rel);
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-
-	SPI_connect();
-	if (plans[i] == NULL)
-	{
-		plans[i] = SPI_prepare(quota ?
-							   "SELECT p.id FROM apikeys.credit_pools p"
-							   " WHERE p.key_id OPERATOR(pg_catalog.=) $1"
-							   "   AND p.credit OPERATOR(pg_catalog.=) $2" :
-							   "SELECT p.id FROM apikeys.credit_pools p"
-							   " WHERE p.owner OPERATOR(pg_catalog.=) $1"
-							   "   AND p.credit OPERATOR(pg_catalog.=) $2"
-							   "   AND p.key_id IS NULL",
-							   2, argtypes);
-		if (plans[i] == NULL || SPI_keepplan(plans[i]) != 0)
-			elog(ERROR, "could not prepare the credit pool lookup");
-	}
-	/* the latest committed pools, even inside a REPEATABLE READ transaction */
-	if (SPI_execute_snapshot(plans[i], args, NULL, GetLatestSnapshot(), InvalidSnapshot,
-							 true, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up a credit pool");
+	run_as_owner(&plans[quota ? 1 : 0],
+				 quota ?
+				 "SELECT p.id FROM apikeys.credit_pools p"
+				 " WHERE p.key_id OPERATOR(pg_catalog.=) $1"
+				 "   AND p.credit OPERATOR(pg_catalog.=) $2" :
+				 "SELECT p.id FROM apikeys.credit_pools p"
+				 " WHERE p.owner OPERATOR(pg_catalog.=) $1"
+				 "   AND p.credit OPERATOR(pg_catalog.=) $2"
+				 "   AND p.key_id IS NULL",
+				 2, argtypes, args, 1, &save_userid, &save_sec_context);
 	if (SPI_processed == 1)
 	{
 		bool		isnull;
@@ -155,9 +173,72 @@ pool_lookup(bool quota, text *name, text *credit)
 		pool = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 1, &isnull));
 	}
-	SPI_finish();
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	finish_as_owner(save_userid, save_sec_context);
 	return pool;
+}
+
+static PoolCacheKey
+pool_key(char kind, const char *n, const char *c)
+{
+	PoolCacheKey key;
+
+	memset(&key, 0, sizeof(key));
+	key.kind = kind;
+	key.hash = hash_bytes_extended((const unsigned char *) n, strlen(n),
+								   hash_bytes_extended((const unsigned char *) c,
+													   strlen(c), 0));
+	return key;
+}
+
+/* Caches pool for (kind, n, c); false on a hash collision with another name. */
+static bool
+pool_cache_put(char kind, const char *n, const char *c, int64 pool)
+{
+	PoolCacheKey key = pool_key(kind, n, c);
+	bool		found;
+	PoolCacheEntry *entry = hash_search(pool_cache, &key, HASH_ENTER, &found);
+
+	if (found)
+		return strcmp(entry->name, n) == 0 && strcmp(entry->credit, c) == 0;
+	entry->name = MemoryContextStrdup(pool_cxt, n);
+	entry->credit = MemoryContextStrdup(pool_cxt, c);
+	entry->pool = pool;
+	return true;
+}
+
+/*
+ * Reads every pool into the cache, once per invalidation, while the table
+ * has at most BULK_POOLS rows: then a miss means "no such pool", and a
+ * charge of a new owner costs no query.
+ */
+static void
+pools_bulk_read(void)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	bool		complete;
+
+	run_as_owner(&plans[2],
+				 "SELECT p.id, p.owner, p.credit, p.key_id FROM apikeys.credit_pools p"
+				 " LIMIT " CppAsString2(BULK_POOLS) " + 1",
+				 0, NULL, NULL, 0, &save_userid, &save_sec_context);
+	pools_read = true;
+	complete = (SPI_processed <= BULK_POOLS);
+	for (uint64 i = 0; complete && i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		char	   *owner = SPI_getvalue(tup, desc, 2);
+		char	   *credit = SPI_getvalue(tup, desc, 3);
+		char	   *key_id = SPI_getvalue(tup, desc, 4);
+
+		complete = (key_id == NULL) ? pool_cache_put('b', owner, credit, id)
+			: pool_cache_put('q', key_id, credit, id);
+	}
+	finish_as_owner(save_userid, save_sec_context);
+	pools_complete = complete && !pool_cache_stale;
 }
 
 /*
@@ -171,29 +252,26 @@ pool_id(bool quota, text *name, text *credit)
 	PoolCacheEntry *entry;
 	char	   *n = text_to_cstring(name);
 	char	   *c = text_to_cstring(credit);
-	bool		found;
 	int64		pool;
 
 	if (pool_cache == NULL || pool_cache_stale)
 		pool_cache_reset();
+	if (!pools_read)
+		pools_bulk_read();
 
-	memset(&key, 0, sizeof(key));
-	key.kind = quota ? 'q' : 'b';
-	key.hash = hash_bytes_extended((const unsigned char *) n, strlen(n),
-								   hash_bytes_extended((const unsigned char *) c,
-													   strlen(c), 0));
+	key = pool_key(quota ? 'q' : 'b', n, c);
 	entry = hash_search(pool_cache, &key, HASH_FIND, NULL);
 	if (entry && strcmp(entry->name, n) == 0 && strcmp(entry->credit, c) == 0)
 		return entry->pool;
+	if (entry == NULL && pools_complete && !pool_cache_stale)
+		return 0;
 
 	pool = pool_lookup(quota, name, credit);
 	/* an invalidation during the lookup, or a collision: do not keep it */
 	if (pool_cache_stale || entry != NULL)
 		return pool;
-	entry = hash_search(pool_cache, &key, HASH_ENTER, &found);
-	entry->name = MemoryContextStrdup(pool_cxt, n);
-	entry->credit = MemoryContextStrdup(pool_cxt, c);
-	entry->pool = pool;
+	if (hash_get_num_entries(pool_cache) < Max(apikeys_backend_cache_keys, 1))
+		(void) pool_cache_put(quota ? 'q' : 'b', n, c, pool);
 	return pool;
 }
 
