@@ -477,3 +477,14 @@ SELECT q, regress.outcome(q) FROM (VALUES
   ($$INSERT INTO apikeys.routes (path, credit, cost) VALUES ('/verify/email', 'email_credit', -1)$$),
   ($$INSERT INTO apikeys.routes (path, credit, cost) VALUES ('/verify/email', 'email_credit', 0.00001)$$)) AS t(q);
 SELECT count(*) AS routes_left FROM apikeys.routes;
+
+-- more pools than a backend reads in bulk (10,000): pools are looked up one
+-- by one, with the same answers
+SELECT key AS k_bulk FROM apikeys.apikey_create('credits_bulk', 'bulk') \gset
+SELECT apikeys.apikey_credit_add('credits_bulk', 'bulk_credit', 2) AS balance;
+INSERT INTO apikeys.credit_pools (owner, credit)
+SELECT 'credits_bulk_' || g, 'bulk_credit' FROM generate_series(1, 10001) AS g;
+SELECT string_agg(c.code, ',' ORDER BY g) AS per_pool_lookups
+  FROM generate_series(1, 3) AS g, apikeys.apikey_charge(:'k_bulk', 'bulk_credit', g - g + 1) AS c;
+DELETE FROM apikeys.credit_pools WHERE owner LIKE 'credits\_bulk\_%';
+SELECT apikeys.apikey_credits('credits_bulk') AS balance;
