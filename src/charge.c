@@ -107,56 +107,19 @@ pool_cache_reset(void)
 }
 
 /*
- * Starts an SPI query as the table's owner (as a SECURITY DEFINER function
- * would, only on a cache miss): EXECUTE on apikey_charge is the only gate,
- * as for apikey_validate.  An error restores the caller's identity with the
- * (sub)transaction's abort.  The query sees the latest committed pools, even
- * inside a REPEATABLE READ transaction.
+ * Looks one pool up in apikeys.credit_pools; 0 if there is none.  As the
+ * table's owner (owner_query_run), only on a cache miss: EXECUTE on
+ * apikey_charge is the only gate, as for apikey_validate.
  */
-static void
-run_as_owner(SPIPlanPtr *plan, const char *query, int nargs, Oid *argtypes, Datum *args,
-			 long count, Oid *save_userid, int *save_sec_context)
-{
-	HeapTuple	rel = SearchSysCache1(RELOID, ObjectIdGetDatum(pools_relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(rel))
-		elog(ERROR, "cache lookup failed for relation %u", pools_relid);
-	owner = ((Form_pg_class) GETSTRUCT(rel))->relowner;
-	ReleaseSysCache(rel);
-	GetUserIdAndSecContext(save_userid, save_sec_context);
-	SetUserIdAndSecContext(owner, *save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	SPI_connect();
-	if (*plan == NULL)
-	{
-		*plan = SPI_prepare(query, nargs, argtypes);
-		if (*plan == NULL || SPI_keepplan(*plan) != 0)
-			elog(ERROR, "could not prepare the credit pool lookup");
-	}
-	if (SPI_execute_snapshot(*plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
-							 true, false, count) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up a credit pool");
-}
-
-static void
-finish_as_owner(Oid save_userid, int save_sec_context)
-{
-	SPI_finish();
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-}
-
-/* Looks one pool up in apikeys.credit_pools; 0 if there is none. */
 static int64
 pool_lookup(bool quota, text *name, text *credit)
 {
 	Oid			argtypes[2] = {TEXTOID, TEXTOID};
 	Datum		args[2] = {PointerGetDatum(name), PointerGetDatum(credit)};
 	int64		pool = 0;
-	Oid			save_userid;
-	int			save_sec_context;
+	OwnerQuery	q;
 
-	run_as_owner(&plans[quota ? 1 : 0],
+	owner_query_run(pools_relid, &plans[quota ? 1 : 0],
 				 quota ?
 				 "SELECT p.id FROM apikeys.credit_pools p"
 				 " WHERE p.key_id OPERATOR(pg_catalog.=) $1"
@@ -165,7 +128,7 @@ pool_lookup(bool quota, text *name, text *credit)
 				 " WHERE p.owner OPERATOR(pg_catalog.=) $1"
 				 "   AND p.credit OPERATOR(pg_catalog.=) $2"
 				 "   AND p.key_id IS NULL",
-				 2, argtypes, args, 1, &save_userid, &save_sec_context);
+				 2, argtypes, args, 1, &q);
 	if (SPI_processed == 1)
 	{
 		bool		isnull;
@@ -173,7 +136,7 @@ pool_lookup(bool quota, text *name, text *credit)
 		pool = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 1, &isnull));
 	}
-	finish_as_owner(save_userid, save_sec_context);
+	owner_query_end(&q);
 	return pool;
 }
 
@@ -214,14 +177,13 @@ pool_cache_put(char kind, const char *n, const char *c, int64 pool)
 static void
 pools_bulk_read(void)
 {
-	Oid			save_userid;
-	int			save_sec_context;
+	OwnerQuery	q;
 	bool		complete;
 
-	run_as_owner(&plans[2],
+	owner_query_run(pools_relid, &plans[2],
 				 "SELECT p.id, p.owner, p.credit, p.key_id FROM apikeys.credit_pools p"
 				 " LIMIT " CppAsString2(BULK_POOLS) " + 1",
-				 0, NULL, NULL, 0, &save_userid, &save_sec_context);
+				 0, NULL, NULL, 0, &q);
 	pools_read = true;
 	complete = (SPI_processed <= BULK_POOLS);
 	for (uint64 i = 0; complete && i < SPI_processed; i++)
@@ -237,7 +199,7 @@ pools_bulk_read(void)
 		complete = (key_id == NULL) ? pool_cache_put('b', owner, credit, id)
 			: pool_cache_put('q', key_id, credit, id);
 	}
-	finish_as_owner(save_userid, save_sec_context);
+	owner_query_end(&q);
 	pools_complete = complete && !pool_cache_stale;
 }
 
@@ -315,12 +277,11 @@ Outcome
 charge_limited(Outcome outcome, const KeyRow *row, text *credit, int64 cost,
 			   RateInfo *rate, int64 *remaining)
 {
-	RateTaken	taken;
 
 	*remaining = 0;
 	require_credit_name(credit);
 	if (outcome != OUTCOME_VALID)
-		return apikey_limit(outcome, row, rate, &taken);
+		return apikey_limit(outcome, row, rate);
 	/* refuse before anything is reserved or counted */
 	if (RecoveryInProgress())
 		ereport(ERROR,
@@ -338,17 +299,17 @@ charge_limited(Outcome outcome, const KeyRow *row, text *credit, int64 cost,
 	 * reservation back at once.
 	 */
 	/* an exhausted limit answers at once: no wait for credits, no lease */
-	if (!ratelimit_check(row, GetCurrentTimestamp(), rate, &taken, false))
+	if (!ratelimit_check(row, GetCurrentTimestamp(), rate, false))
 		return OUTCOME_RATE_LIMITED;
 	if (charge_key(row, credit, cost, remaining))
 	{
-		outcome = apikey_limit(OUTCOME_VALID, row, rate, &taken);
+		outcome = apikey_limit(OUTCOME_VALID, row, rate);
 		if (outcome != OUTCOME_VALID)
 			credits_undo_last_charge();
 		return outcome;
 	}
 	/* short of credits: rate_limited still comes first, and nothing is counted */
-	return ratelimit_check(row, GetCurrentTimestamp(), rate, &taken, false) ?
+	return ratelimit_check(row, GetCurrentTimestamp(), rate, false) ?
 		OUTCOME_INSUFFICIENT_CREDITS : OUTCOME_RATE_LIMITED;
 }
 

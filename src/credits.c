@@ -221,7 +221,6 @@ static CreditOp *ops = NULL;
 static int	nops = 0;
 static int	last_charge_start = -1;	/* ops of the last charge: [start, nops) */
 static int	maxops = 0;
-static bool holds_reservation = false;
 
 static bool op_finish(CreditOp *op, bool commit);
 
@@ -328,12 +327,18 @@ credits_undo_last_charge(void)
 	LWLockRelease(credits_shared->lock);
 	nops = last_charge_start;
 	last_charge_start = -1;
-	holds_reservation = false;
-	for (int i = 0; i < nops; i++)
-		if (ops[i].kind == OP_RESERVE)
-			holds_reservation = true;
 	if (pg_atomic_read_u32(&credits_shared->waiting) > 0)
 		ConditionVariableBroadcast(&credits_shared->changed);
+}
+
+/* True if this transaction holds a reservation (others may wait for it). */
+static bool
+holds_reservation(void)
+{
+	for (int i = 0; i < nops; i++)
+		if (ops[i].kind == OP_RESERVE)
+			return true;
+	return false;
 }
 
 bool
@@ -474,10 +479,6 @@ ops_finish(bool commit, SubTransactionId subid)
 	LWLockRelease(credits_shared->lock);
 	nops = kept;
 	last_charge_start = -1;
-	holds_reservation = false;
-	for (int i = 0; i < nops; i++)
-		if (ops[i].kind == OP_RESERVE)
-			holds_reservation = true;
 	if (wake && pg_atomic_read_u32(&credits_shared->waiting) > 0)
 		ConditionVariableBroadcast(&credits_shared->changed);
 }
@@ -546,7 +547,7 @@ typedef enum Take
 
 /* Tries to reserve cost from pool e (lock held shared). */
 static Take
-take(CreditEntry *e, int64 cost, TimestampTz now, bool *prefetch)
+take(CreditEntry *e, int64 cost, TimestampTz now)
 {
 	Take		result;
 	int64		lease = (int64) apikeys_credit_lease * CREDIT_SCALE;
@@ -581,11 +582,9 @@ take(CreditEntry *e, int64 cost, TimestampTz now, bool *prefetch)
 			int64		target = (int64) ((double) e->rate * LEASE_HORIZON_USECS / USECS_PER_SEC);
 
 			target = Max(lease, Min(target, lease * LEASE_MAX_FACTOR));
+			/* the worker's next look (PREFETCH_POLL_MS) serves it */
 			if (e->available < target / 2)
-			{
 				e->want = Max(target - e->available, 1);
-				*prefetch = true;
-			}
 		}
 	}
 	else if (e->recalling > 0)
@@ -701,7 +700,6 @@ credits_charge(Oid keys_relid, int64 balance_pool, int64 quota_pool, int64 cost,
 		Take		tq = TAKE_DONE;
 		Take		tb = TAKE_DONE;
 		Take		worst;
-		bool		prefetch = false;
 
 		CHECK_FOR_INTERRUPTS();
 		if (!find_entries(keys, entries, n))
@@ -716,10 +714,10 @@ credits_charge(Oid keys_relid, int64 balance_pool, int64 quota_pool, int64 cost,
 			bal = entries[0];
 			quota = (quota_pool != 0) ? entries[1] : NULL;
 			if (quota)
-				tq = take(quota, cost, now, &prefetch);
+				tq = take(quota, cost, now);
 			if (tq == TAKE_DONE)
 			{
-				tb = take(bal, cost, now, &prefetch);
+				tb = take(bal, cost, now);
 				if (tb != TAKE_DONE && quota)
 					untake(quota, cost);
 			}
@@ -745,17 +743,14 @@ credits_charge(Oid keys_relid, int64 balance_pool, int64 quota_pool, int64 cost,
 					op->generation = entries[i]->generation;
 					SpinLockRelease(&entries[i]->mutex);
 				}
-				holds_reservation = true;
 				LWLockRelease(credits_shared->lock);
-				/* a prefetch is picked up by the worker's next look (PREFETCH_POLL_MS) */
-				(void) prefetch;
 				result = CHARGE_DONE;
 				break;
 			}
 			worst = (tq != TAKE_DONE) ? tq : tb;
 			/* never wait while holding what others may wait for, nor on oneself */
 			if (worst == TAKE_WAIT_OTHERS &&
-				(holds_reservation || credit_op_pending(&keys[0]) ||
+				(holds_reservation() || credit_op_pending(&keys[0]) ||
 				 (quota_pool != 0 && credit_op_pending(&keys[1]))))
 				worst = TAKE_SHORT;
 			if (worst == TAKE_SHORT)

@@ -253,7 +253,6 @@ authenticate(FunctionCallInfo fcinfo, text *credit, int64 cost)
 	Outcome		outcome;
 	int64		remaining = 0;
 	RateInfo	rate;
-	RateTaken	taken;
 
 	apikeys_require_preload();
 	if (identity.set)
@@ -272,7 +271,7 @@ authenticate(FunctionCallInfo fcinfo, text *credit, int64 cost)
 	if (credit != NULL)
 		outcome = charge_limited(outcome, &row, credit, cost, &rate, &remaining);
 	else
-		outcome = apikey_limit(outcome, &row, &rate, &taken);
+		outcome = apikey_limit(outcome, &row, &rate);
 	if (outcome != OUTCOME_MALFORMED && outcome != OUTCOME_NOT_FOUND)
 		apikey_count(&row, outcome == OUTCOME_VALID);
 	if (rate.limited && outcome == OUTCOME_VALID)

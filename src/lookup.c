@@ -35,8 +35,10 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "commands/trigger.h"
 #include "common/cryptohash.h"
+#include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -47,6 +49,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "guc.h"
 #include "lookup.h"
@@ -457,4 +460,37 @@ apikeys_invalidate_cache(PG_FUNCTION_ARGS)
 				 errmsg("apikeys._invalidate_cache() must be called as a trigger")));
 	CacheInvalidateRelcache(trigdata->tg_relation);
 	return PointerGetDatum(NULL);
+}
+
+void
+owner_query_run(Oid relid, SPIPlanPtr *plan, const char *query, int nargs, Oid *argtypes,
+				Datum *args, long count, OwnerQuery *q)
+{
+	HeapTuple	rel = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(rel))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(rel))->relowner;
+	ReleaseSysCache(rel);
+	GetUserIdAndSecContext(&q->save_userid, &q->save_sec_context);
+	SetUserIdAndSecContext(owner, q->save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	SPI_connect();
+	if (*plan == NULL)
+	{
+		*plan = SPI_prepare(query, nargs, argtypes);
+		if (*plan == NULL || SPI_keepplan(*plan) != 0)
+			elog(ERROR, "could not prepare a query on relation %u", relid);
+	}
+	if (SPI_execute_snapshot(*plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, count) != SPI_OK_SELECT)
+		elog(ERROR, "could not query relation %u", relid);
+}
+
+void
+owner_query_end(const OwnerQuery *q)
+{
+	SPI_finish();
+	SetUserIdAndSecContext(q->save_userid, q->save_sec_context);
 }

@@ -7,6 +7,7 @@
 #define APIKEYS_LOOKUP_H
 
 #include "common/sha2.h"
+#include "executor/spi.h"
 #include "datatype/timestamp.h"
 #include "utils/array.h"
 #include "utils/jsonb.h"
@@ -45,5 +46,25 @@ extern Oid	apikeys_keys_relid(void);
 /* The permission patterns of scope (text datum) as a text[]; NULL if no such scope.
  * Valid until the next apikey_lookup. */
 extern ArrayType *scope_permissions(Datum scope);
+
+/*
+ * A query on one of the extension's tables run as the table's owner, as a
+ * SECURITY DEFINER function would, for functions whose only gate is
+ * EXECUTE (apikey_validate, apikey_charge); with the latest snapshot, so
+ * that a change committed during a REPEATABLE READ transaction is seen.
+ * owner_query_run prepares *plan once (kept), runs it with args and leaves
+ * SPI connected for the caller to read SPI_tuptable; owner_query_end
+ * disconnects and restores the caller.  An error restores the caller's
+ * identity with the (sub)transaction's abort.
+ */
+typedef struct OwnerQuery
+{
+	Oid			save_userid;
+	int			save_sec_context;
+} OwnerQuery;
+
+extern void owner_query_run(Oid relid, SPIPlanPtr *plan, const char *query, int nargs,
+							Oid *argtypes, Datum *args, long count, OwnerQuery *q);
+extern void owner_query_end(const OwnerQuery *q);
 
 #endif							/* APIKEYS_LOOKUP_H */

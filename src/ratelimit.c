@@ -247,45 +247,6 @@ limit_cache_reset(void)
 	limit_cache_stale = false;
 }
 
-/*
- * Runs plan (with args) as the table's owner, with the latest snapshot (so
- * a change committed during a REPEATABLE READ transaction is seen); SPI
- * stays connected for the caller to read SPI_tuptable and call
- * finish_as_owner.  EXECUTE on the validating function is the only gate.
- */
-static void
-run_as_owner(SPIPlanPtr *plan, const char *query, int nargs, Oid *argtypes, Datum *args,
-			 Oid *save_userid, int *save_sec_context)
-{
-	HeapTuple	rel = SearchSysCache1(RELOID, ObjectIdGetDatum(limits_relid));
-	Oid			relowner;
-
-	if (!HeapTupleIsValid(rel))
-		elog(ERROR, "cache lookup failed for relation %u", limits_relid);
-	relowner = ((Form_pg_class) GETSTRUCT(rel))->relowner;
-	ReleaseSysCache(rel);
-	GetUserIdAndSecContext(save_userid, save_sec_context);
-	SetUserIdAndSecContext(relowner, *save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	SPI_connect();
-	if (*plan == NULL)
-	{
-		*plan = SPI_prepare(query, nargs, argtypes);
-		if (*plan == NULL || SPI_keepplan(*plan) != 0)
-			elog(ERROR, "could not prepare the rate limit lookup");
-	}
-	if (SPI_execute_snapshot(*plan, args, NULL, GetLatestSnapshot(),
-							 InvalidSnapshot, true, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up rate limits");
-}
-
-static void
-finish_as_owner(Oid save_userid, int save_sec_context)
-{
-	SPI_finish();
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-}
-
 /* One limit from SPI_tuptable row i, columns from col (id, max, per in µs). */
 static LimitDef
 limit_at(uint64 i, int col)
@@ -325,13 +286,12 @@ owner_hash(const char *owner)
 static void
 bulk_read(void)
 {
-	Oid			save_userid;
-	int			save_sec_context;
+	OwnerQuery	q;
 
-	run_as_owner(&bulk_plan,
+	owner_query_run(limits_relid, &bulk_plan,
 				 "SELECT" LIMIT_COLUMNS ", r.key_id, r.owner FROM apikeys.ratelimits r"
 				 " ORDER BY r.id LIMIT " CppAsString2(BULK_LIMITS) " + 1",
-				 0, NULL, NULL, &save_userid, &save_sec_context);
+				 0, NULL, NULL, 0, &q);
 	bulk_state = (SPI_processed > BULK_LIMITS) ? BULK_TOO_MANY : BULK_READ;
 	for (uint64 i = 0; bulk_state == BULK_READ && i < SPI_processed; i++)
 	{
@@ -371,7 +331,7 @@ bulk_read(void)
 			append_def(&o->defs, &o->n, d);
 		}
 	}
-	finish_as_owner(save_userid, save_sec_context);
+	owner_query_end(&q);
 }
 
 static int
@@ -391,19 +351,30 @@ def_by_id(const void *a, const void *b)
 static int
 limits_from_bulk(const char *id, Datum owner, LimitDef *buf)
 {
-	KeyLimits  *k = hash_search(bulk_keys, id, HASH_FIND, NULL);
-	char	   *o = TextDatumGetCString(owner);
-	uint64		h = owner_hash(o);
-	OwnerLimits *ol = hash_search(bulk_owners, &h, HASH_FIND, NULL);
+	KeyLimits  *k;
+	char	   *o;
+	uint64		h;
+	OwnerLimits *ol = NULL;
 	int			n = 0;
 
-	if (ol != NULL && strcmp(ol->owner, o) != 0)
-		return -1;
+	/* no limits at all (most databases): nothing to look at per call */
+	if (hash_get_num_entries(bulk_keys) == 0 && hash_get_num_entries(bulk_owners) == 0)
+		return 0;
+	k = hash_search(bulk_keys, id, HASH_FIND, NULL);
+	if (hash_get_num_entries(bulk_owners) > 0)
+	{
+		o = TextDatumGetCString(owner);
+		h = owner_hash(o);
+		ol = hash_search(bulk_owners, &h, HASH_FIND, NULL);
+		if (ol != NULL && strcmp(ol->owner, o) != 0)
+			return -1;
+	}
 	for (int i = 0; k != NULL && i < k->n && n < RATELIMIT_MAX_PER_REQUEST; i++)
 		buf[n++] = k->defs[i];
 	for (int i = 0; ol != NULL && i < ol->n && n < RATELIMIT_MAX_PER_REQUEST; i++)
 		buf[n++] = ol->defs[i];
-	qsort(buf, n, sizeof(LimitDef), def_by_id);
+	if (n > 1)
+		qsort(buf, n, sizeof(LimitDef), def_by_id);
 	return n;
 }
 
@@ -413,20 +384,19 @@ limits_read(Datum id, Datum owner, LimitDef **defs)
 {
 	Oid			argtypes[2] = {TEXTOID, TEXTOID};
 	Datum		args[2] = {id, owner};
-	Oid			save_userid;
-	int			save_sec_context;
+	OwnerQuery	q;
 	int			n = 0;
 
-	run_as_owner(&limits_plan,
+	owner_query_run(limits_relid, &limits_plan,
 				 "SELECT" LIMIT_COLUMNS " FROM apikeys.ratelimits r"
 				 " WHERE r.key_id OPERATOR(pg_catalog.=) $1"
 				 "    OR r.owner OPERATOR(pg_catalog.=) $2"
 				 " ORDER BY r.id LIMIT 64",
-				 2, argtypes, args, &save_userid, &save_sec_context);
+				 2, argtypes, args, 0, &q);
 	*defs = NULL;
 	for (uint64 i = 0; i < SPI_processed; i++)
 		append_def(defs, &n, limit_at(i, 1));
-	finish_as_owner(save_userid, save_sec_context);
+	owner_query_end(&q);
 	return n;
 }
 
@@ -561,14 +531,7 @@ lock_partitions(const uint32 *hashes, int n, bool acquire)
 }
 
 bool
-ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *taken)
-{
-	return ratelimit_check(row, now, info, taken, true);
-}
-
-bool
-ratelimit_check(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *taken,
-				bool consume)
+ratelimit_check(const KeyRow *row, TimestampTz now, RateInfo *info, bool consume)
 {
 	const LimitDef *defs;
 	int			n;
@@ -582,8 +545,6 @@ ratelimit_check(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *t
 	bool		tracked = false;
 
 	memset(info, 0, sizeof(*info));
-	taken->n = 0;
-	taken->keys_relid = row->keys_relid;
 	if (rate_hash == NULL)
 		return true;
 	defs = limits_of(row, &n);
@@ -678,11 +639,6 @@ ratelimit_check(const KeyRow *row, TimestampTz now, RateInfo *info, RateTaken *t
 											Max(counts[i] + used, 1) - 1);
 				first = false;
 			}
-			if (!consume)
-				continue;
-			taken->limit_ids[taken->n] = keys[i].limit_id;
-			taken->bucket[taken->n] = current[i];
-			taken->n++;
 		}
 	}
 	lock_partitions(hashes, n, false);

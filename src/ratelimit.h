@@ -23,31 +23,17 @@ typedef struct RateInfo
 /* The most limits one request consumes (a key's and its owner's). */
 #define RATELIMIT_MAX_PER_REQUEST	64
 
-/* What a passed request consumed. */
-typedef struct RateTaken
-{
-	Oid			keys_relid;
-	int			n;
-	int64		limit_ids[RATELIMIT_MAX_PER_REQUEST];
-	int64		bucket[RATELIMIT_MAX_PER_REQUEST];
-} RateTaken;
-
 extern Size ratelimit_shmem_size(void);
 extern void ratelimit_shmem_request(void);
 extern void ratelimit_shmem_startup(void);
 
 /*
  * Checks every limit of the key row and of its owner at now; true if all
- * have room, and then each is consumed once (taken says what).  False:
- * nothing consumed.  *info describes the most
- * constrained limit either way.
+ * have room, and then, if consume, each is counted once.  False: nothing
+ * counted.  *info describes the most constrained limit either way.
  */
-extern bool ratelimit_take(const KeyRow *row, TimestampTz now, RateInfo *info,
-						   RateTaken *taken);
-
-/* ratelimit_take, or with consume false only the check: nothing counted. */
 extern bool ratelimit_check(const KeyRow *row, TimestampTz now, RateInfo *info,
-							RateTaken *taken, bool consume);
+							bool consume);
 
 /* Removes states whose window has passed (the worker, or a full table). */
 extern void ratelimit_purge(void);

@@ -63,9 +63,8 @@ Outcome
 apikey_check(text *key, text *permission, Datum *addr, AddressSource source,
 			 KeyRow *row, RateInfo *rate)
 {
-	RateTaken	taken;
 	Outcome		outcome = apikey_limit(apikey_decide(key, permission, addr, source, row),
-									   row, rate, &taken);
+									   row, rate);
 
 	/* every validation of a known key is counted, valid or rejected */
 	if (outcome != OUTCOME_MALFORMED && outcome != OUTCOME_NOT_FOUND)
@@ -74,13 +73,12 @@ apikey_check(text *key, text *permission, Datum *addr, AddressSource source,
 }
 
 Outcome
-apikey_limit(Outcome outcome, const KeyRow *row, RateInfo *rate, RateTaken *taken)
+apikey_limit(Outcome outcome, const KeyRow *row, RateInfo *rate)
 {
 	memset(rate, 0, sizeof(*rate));
-	taken->n = 0;
 	if (outcome != OUTCOME_VALID)
 		return outcome;
-	return ratelimit_take(row, GetCurrentTimestamp(), rate, taken) ?
+	return ratelimit_check(row, GetCurrentTimestamp(), rate, true) ?
 		OUTCOME_VALID : OUTCOME_RATE_LIMITED;
 }
 

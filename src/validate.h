@@ -51,11 +51,10 @@ extern Outcome apikey_decide(text *key, text *permission, Datum *addr,
 							 AddressSource source, KeyRow *row);
 /*
  * After a valid decision, the rate limits of the key and its owner: all
- * consumed (taken says what) or OUTCOME_RATE_LIMITED and none.  Other
- * outcomes pass through; *rate is filled for known keys.
+ * counted, or OUTCOME_RATE_LIMITED and none.  Other outcomes pass through;
+ * *rate is filled for known keys.
  */
-extern Outcome apikey_limit(Outcome outcome, const KeyRow *row, RateInfo *rate,
-							RateTaken *taken);
+extern Outcome apikey_limit(Outcome outcome, const KeyRow *row, RateInfo *rate);
 /* Counts one call of the existing key row, valid or rejected. */
 extern void apikey_count(const KeyRow *row, bool valid);
 
