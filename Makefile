@@ -12,7 +12,9 @@ EXTENSION = apikeys
 MODULE_big = apikeys
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 DATA = $(wildcard apikeys--*.sql)
-PG_CPPFLAGS = -I$(srcdir)/src
+PG_CPPFLAGS = -I$(srcdir)/src -I$(libpq_srcdir)
+# a hot standby's worker ships usage to the primary over libpq (src/ship.c)
+SHLIB_LINK_INTERNAL = $(libpq)
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
 
 # every sql/*.sql: test_helpers (which the others use) first, then scopes

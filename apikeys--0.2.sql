@@ -13,7 +13,7 @@ DO $roles$
 DECLARE
 	r text;
 BEGIN
-	FOREACH r IN ARRAY ARRAY['apikeys_admin', 'apikeys_validator', 'apikeys_anon'] LOOP
+	FOREACH r IN ARRAY ARRAY['apikeys_admin', 'apikeys_validator', 'apikeys_anon', 'apikeys_standby'] LOOP
 		IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) r) THEN
 			EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
 		END IF;
@@ -1946,6 +1946,51 @@ COMMENT ON FUNCTION apikeys_api.credits() IS
 	'GET /v1/account/credits: the balances of the key''s owner ({} when none)';
 
 ------------------------------------------------------------------------------
+-- Hot standbys (SPEC section 13): usage shipped to the primary exactly once
+------------------------------------------------------------------------------
+
+-- A standby's worker ships its usage counts here in numbered batches
+-- (src/ship.c).  One row per standby (per source id: random at a
+-- standby's first start, kept across its clean restarts): the last batch
+-- applied, updated in the transaction that applies it, so that a batch sent
+-- again is recognised and not applied twice.  Not dumped: it describes this
+-- server's history, not configuration.
+CREATE TABLE apikeys.standby_batches (
+	source			uuid CONSTRAINT standby_batches_pkey PRIMARY KEY,
+	standby			text NOT NULL,
+	last_batch		bigint NOT NULL DEFAULT 0,
+	batches			bigint NOT NULL DEFAULT 0,
+	duplicates		bigint NOT NULL DEFAULT 0,
+	calls			bigint NOT NULL DEFAULT 0,
+	rejected		bigint NOT NULL DEFAULT 0,
+	first_batch_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	last_batch_at	timestamptz
+);
+COMMENT ON TABLE apikeys.standby_batches IS
+	'Per hot standby shipping usage here: the last batch applied (a batch sent again is not applied twice), and what was applied';
+
+CREATE FUNCTION apikeys._usage_ship(source uuid, standby text, batch bigint,
+	key_ids text[], days date[], calls bigint[], rejected bigint[], last_used timestamptz[])
+RETURNS TABLE (i integer, last_used_done boolean)
+LANGUAGE C VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'apikeys_usage_ship';
+COMMENT ON FUNCTION apikeys._usage_ship(uuid, text, bigint, text[], date[], bigint[], bigint[], timestamptz[]) IS
+	'A hot standby''s batch of usage counts, applied once per source and batch number; returns the ordinals of the counters whose key exists';
+
+CREATE FUNCTION apikeys.apikey_standby_status(OUT in_recovery boolean, OUT source uuid,
+	OUT target text, OUT connected boolean, OUT last_batch bigint,
+	OUT last_shipped_at timestamptz, OUT batches bigint, OUT shipped_calls bigint,
+	OUT shipped_rejected bigint, OUT pending_keys integer, OUT pending_calls bigint,
+	OUT pending_rejected bigint, OUT lag_seconds double precision, OUT dropped_calls bigint,
+	OUT connection_errors bigint, OUT last_error text, OUT last_error_at timestamptz)
+RETURNS record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'apikey_standby_status';
+COMMENT ON FUNCTION apikeys.apikey_standby_status() IS
+	'This database''s usage shipping on this server: on a hot standby, what reached the primary, what waits, and the last error';
+
+------------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC; admin manages, validator validates, anon
 -- reaches only the HTTP schema.
 ------------------------------------------------------------------------------
@@ -2002,6 +2047,15 @@ GRANT EXECUTE ON FUNCTION
 	apikeys.apikey_ratelimits(text)
 TO apikeys_admin;
 GRANT SELECT ON apikeys.ratelimits TO apikeys_admin;
+
+-- Hot standbys: the shipping connection's role is made a member of
+-- apikeys_standby; administrators watch the shipping.
+GRANT USAGE ON SCHEMA apikeys TO apikeys_standby;
+GRANT EXECUTE ON FUNCTION
+	apikeys._usage_ship(uuid, text, bigint, text[], date[], bigint[], bigint[], timestamptz[])
+TO apikeys_standby;
+GRANT EXECUTE ON FUNCTION apikeys.apikey_standby_status() TO apikeys_admin;
+GRANT SELECT ON apikeys.standby_batches TO apikeys_admin;
 
 -- This database gets its background worker once CREATE EXTENSION commits.
 SELECT apikeys._launch_worker();

@@ -32,6 +32,7 @@ int			apikeys_max_ratelimit_states = DEFAULT_MAX_RATELIMIT_STATES;
 int			apikeys_flush_interval = DEFAULT_FLUSH_INTERVAL_MS;
 int			apikeys_expiry_interval = DEFAULT_EXPIRY_INTERVAL_S;
 int			apikeys_usage_retention_days = DEFAULT_USAGE_RETENTION_DAYS;
+char	   *apikeys_primary_conninfo = NULL;
 
 /* Set in the postmaster by _PG_init and inherited by every backend. */
 static bool apikeys_preloaded = false;
@@ -104,6 +105,13 @@ define_server_gucs(void)
 							DEFAULT_TRUSTED_PROXIES, 0, 16,
 							PGC_SUSET, 0,
 							NULL, NULL, NULL);
+	DefineCustomStringVariable("apikeys.primary_conninfo",
+							   "Connection string a hot standby's worker ships usage counts to.",
+							   "Empty: the server's primary_conninfo. dbname is always the worker's own database.",
+							   &apikeys_primary_conninfo,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
 	DefineCustomIntVariable("apikeys.usage_retention_days",
 							"Usage rows older than this many days are deleted.",
 							NULL,

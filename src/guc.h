@@ -50,6 +50,9 @@ extern int	apikeys_flush_interval;
 extern int	apikeys_expiry_interval;
 extern int	apikeys_usage_retention_days;
 
+/* apikeys.primary_conninfo: where a standby ships usage ("": primary_conninfo). */
+extern char *apikeys_primary_conninfo;
+
 /*
  * Defines the GUCs: the session ones always, the server ones only while
  * preloading (preloading = true), when they can take effect; then reserves

@@ -15,6 +15,9 @@
  * pg_database (or left invalid by an interrupted DROP DATABASE); one closed
  * to connections keeps its worker, which connects regardless.
  *
+ * The launcher and the workers also run on a hot standby, from the moment
+ * it accepts connections: there the workers ship usage to the primary.
+ *
  * The launcher exits 1 when stopped, so that the postmaster restarts it;
  * it ignores cancel requests.
  */
@@ -53,7 +56,7 @@ apikeys_register_launcher(void)
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = 5;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "apikeys");
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "apikeys_launcher_main");
@@ -82,7 +85,7 @@ start_worker(KnownDatabase *db, const char *dbname)
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "apikeys");
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "apikeys_worker_main");

@@ -19,6 +19,23 @@
 /* A worker stopped by its own choice or by a kill is restarted after this. */
 #define RESTART_DELAY_MS		1000
 
+/* A standby worker's shipping, as apikey_standby_status() shows it. */
+#define SHIP_TEXT_LEN			256
+typedef struct ShipStatus
+{
+	bool		connected;
+	uint64		last_batch;		/* last batch the primary confirmed */
+	TimestampTz last_shipped_at;
+	TimestampTz since;			/* when shipping started (for the lag) */
+	uint64		batches;
+	uint64		calls;
+	uint64		rejected;
+	uint64		errors;
+	TimestampTz last_error_at;
+	char		last_error[SHIP_TEXT_LEN];
+	char		target[SHIP_TEXT_LEN];	/* the connection string, without secrets */
+} ShipStatus;
+
 /* One database's worker, as everyone sees it.  Protected by slots_shared->lock. */
 typedef struct WorkerSlot
 {
@@ -30,6 +47,7 @@ typedef struct WorkerSlot
 	int			verdict;		/* what the last worker found: VERDICT_* */
 	uint64		flush_requested;	/* generation asked for by flush_usage() */
 	uint64		flush_done;		/* generation the worker last completed */
+	ShipStatus	ship;			/* on a hot standby */
 } WorkerSlot;
 
 typedef struct WorkerShared

@@ -42,7 +42,9 @@
  * Durability: usage_dump.c saves the table at a clean shutdown and restores
  * it at start.  After a crash the counts since the last flush are lost.
  *
- * On a hot standby nothing is counted: no worker can write there.
+ * On a hot standby the same table counts, and the standby's worker ships
+ * the counts to the primary (ship.c).  There a full table never makes a
+ * validation wait: the count is dropped and reported instead.
  */
 #include "postgres.h"
 
@@ -98,6 +100,13 @@ usage_shmem_startup(void)
 		usage_shared->lock = apikeys_lock(APIKEYS_LOCK_USAGE);
 		ConditionVariableInit(&usage_shared->room);
 		pg_atomic_init_u64(&usage_shared->last_wait, 0);
+		/* a restored dump overrides these (usage_dump.c) */
+		if (!pg_strong_random(usage_shared->source.data, UUID_LEN))
+			elog(FATAL, "could not generate a random source id for apikeys");
+		usage_shared->source.data[6] = (usage_shared->source.data[6] & 0x0f) | 0x40;
+		usage_shared->source.data[8] = (usage_shared->source.data[8] & 0x3f) | 0x80;
+		pg_atomic_init_u64(&usage_shared->next_batch, 1);
+		pg_atomic_init_u64(&usage_shared->dropped, 0);
 	}
 
 	info.keysize = sizeof(UsageKey);
@@ -120,6 +129,7 @@ usage_entry_init(UsageEntry *entry)
 	entry->flushed_last_used = 0;
 	entry->creator_xid = InvalidTransactionId;
 	entry->flush_xid = InvalidTransactionId;
+	entry->ship_batch = 0;
 	entry->flushing_calls = 0;
 	entry->flushing_rejected = 0;
 }
@@ -171,7 +181,7 @@ entry_add(UsageEntry *entry, uint64 calls, uint64 rejected, TimestampTz last_use
  * Adds the counts to the shared entry of key, creating it (creator_xid =
  * creator) if needed.  When the table is full, evicts drained entries;
  * when none is drained, wakes the workers and waits for a flush to drain
- * some.  Never drops the count.
+ * some.  Never drops the count, except on a hot standby (see above).
  */
 static void
 shared_add(const UsageKey *key, uint64 calls, uint64 rejected,
@@ -214,6 +224,19 @@ shared_add(const UsageKey *key, uint64 calls, uint64 rejected,
 			break;
 		}
 		LWLockRelease(usage_shared->lock);
+
+		/*
+		 * A standby's counts leave only over the network: rather than make a
+		 * validation wait for a primary that may be down, the count is
+		 * dropped, and said so in apikey_standby_status().
+		 */
+		if (RecoveryInProgress())
+		{
+			pg_atomic_fetch_add_u64(&usage_shared->dropped, calls + rejected);
+			pg_atomic_write_u64(&usage_shared->last_wait, (uint64) GetCurrentTimestamp());
+			apikeys_wake_workers();
+			break;
+		}
 
 		/* every entry holds unflushed counts: have the workers flush, and wait */
 		if (!waited)
@@ -327,8 +350,7 @@ usage_count(Oid keys_relid, Datum key_id, bool valid, TimestampTz now,
 	UsageKey	key;
 	text	   *id = DatumGetTextPP(key_id);
 
-	if (usage_shared == NULL || RecoveryInProgress() ||
-		VARSIZE_ANY_EXHDR(id) != APIKEY_ID_LEN)
+	if (usage_shared == NULL || VARSIZE_ANY_EXHDR(id) != APIKEY_ID_LEN)
 		return;
 
 	memset(&key, 0, sizeof(key));

@@ -8,6 +8,7 @@
 
 #include "datatype/timestamp.h"
 #include "utils/date.h"
+#include "utils/uuid.h"
 
 #include "keyformat.h"
 
@@ -54,6 +55,41 @@ extern UsageDelta *usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, in
 extern void usage_settle(Oid dbid, Oid keys_relid, TransactionId xid,
 						 const UsageDelta *deltas, const bool *matched,
 						 const bool *last_used_done, int n);
+
+/*
+ * A hot standby's shipping (ship.c).  usage_ship_collect returns the batch
+ * to send for database dbid: the unconfirmed batch again, exactly as it
+ * was, if there is one; else a new batch number (*batch) marking up to max
+ * entries' counts (max 0: only an unconfirmed batch, else none, *batch 0).  Once the primary has applied it (or had already),
+ * usage_ship_settle subtracts it, as usage_settle does for a flush.
+ * usage_ship_unmark forgets dbid's batch marks without subtracting (the
+ * batch was never applied anywhere).
+ */
+extern UsageDelta *usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch,
+									  int *n);
+extern void usage_ship_settle(Oid dbid, Oid keys_relid, uint64 batch,
+							  const UsageDelta *deltas, const bool *matched,
+							  const bool *last_used_done, int n);
+extern void usage_ship_unmark(Oid dbid);
+
+/* This server's source id as a standby, and the counts it dropped as one. */
+extern pg_uuid_t usage_source(void);
+extern uint64 usage_dropped(void);
+
+/* What dbid's counters hold that no flush or batch has written yet. */
+extern void usage_pending_counts(Oid dbid, int *keys, int64 *calls, int64 *rejected);
+
+/*
+ * usage_apply.c: adds n counters to apikeys.usage and last_used_at (SPI
+ * connected, in the flush's transaction); matched[i] says whether
+ * deltas[i]'s key exists, last_used_done[i] whether its last use was
+ * recorded.  usage_apply_batch does it for a standby's batch, unless that
+ * batch was applied before; returns whether it was applied now.
+ */
+extern void usage_apply(const UsageDelta *deltas, int n, bool *matched, bool *last_used_done);
+extern bool usage_apply_batch(const pg_uuid_t *source, const char *standby, uint64 batch,
+							  const UsageDelta *deltas, int n, bool *matched,
+							  bool *last_used_done);
 
 /* Removes the counters of a dropped database, or of one dropped keys table. */
 extern void usage_forget(Oid dbid, Oid keys_relid);

@@ -22,7 +22,8 @@
 
 #define USAGE_DUMP_FILE		PGSTAT_STAT_PERMANENT_DIRECTORY "/apikeys_usage.stat"
 #define USAGE_DUMP_MAGIC	0x41504b55	/* "APKU" */
-#define USAGE_DUMP_VERSION	3	/* 3 adds creator_xid; 2 (0.1) is still read */
+#define USAGE_DUMP_VERSION	4	/* 4 adds the shipping state and ship_batch;
+									 * 3 adds creator_xid; 2 (0.1) is still read */
 
 /* On-disk form of one entry in the shutdown dump. */
 typedef struct UsageDumpEntry
@@ -36,7 +37,19 @@ typedef struct UsageDumpEntry
 	uint32		flushing_calls;
 	uint32		flushing_rejected;
 	TransactionId creator_xid;	/* version 3: a prepared transaction's keys */
+	uint64		ship_batch;		/* version 4: a standby's unconfirmed batch */
 } UsageDumpEntry;
+
+/* Version 3's entry: version 4's without ship_batch. */
+#define USAGE_DUMP_ENTRY_V3	offsetof(UsageDumpEntry, ship_batch)
+
+/* Version 4's header, after the magic and version: a standby's shipping state. */
+typedef struct UsageDumpShipping
+{
+	pg_uuid_t	source;
+	uint64		next_batch;
+	uint64		dropped;
+} UsageDumpShipping;
 
 /* An entry of version 2 (apikeys 0.1): the same fields but the last. */
 typedef struct UsageDumpEntryV2
@@ -75,6 +88,7 @@ usage_shmem_shutdown(int code, Datum arg)
 	HASH_SEQ_STATUS seq;
 	UsageEntry *entry;
 	uint32		header[2] = {USAGE_DUMP_MAGIC, USAGE_DUMP_VERSION};
+	UsageDumpShipping shipping;
 	int32		count;
 
 	if (code != 0 || usage_shared == NULL || usage_hash == NULL)
@@ -84,7 +98,12 @@ usage_shmem_shutdown(int code, Datum arg)
 	if (file == NULL)
 		goto error;
 	count = (int32) hash_get_num_entries(usage_hash);
+	memset(&shipping, 0, sizeof(shipping));
+	shipping.source = usage_shared->source;
+	shipping.next_batch = pg_atomic_read_u64(&usage_shared->next_batch);
+	shipping.dropped = pg_atomic_read_u64(&usage_shared->dropped);
 	if (fwrite(header, sizeof(header), 1, file) != 1 ||
+		fwrite(&shipping, sizeof(shipping), 1, file) != 1 ||
 		fwrite(&count, sizeof(count), 1, file) != 1)
 		goto error;
 
@@ -103,6 +122,7 @@ usage_shmem_shutdown(int code, Datum arg)
 		out.flushing_calls = entry->flushing_calls;
 		out.flushing_rejected = entry->flushing_rejected;
 		out.creator_xid = entry->creator_xid;
+		out.ship_batch = entry->ship_batch;
 		if (fwrite(&out, sizeof(out), 1, file) != 1)
 		{
 			hash_seq_term(&seq);
@@ -132,8 +152,10 @@ usage_load(void)
 {
 	FILE	   *file = AllocateFile(USAGE_DUMP_FILE, PG_BINARY_R);
 	uint32		header[2];
+	UsageDumpShipping shipping;
 	int32		count;
 	int32		lost = 0;
+	size_t		entry_size;
 
 	if (file == NULL)
 	{
@@ -146,13 +168,24 @@ usage_load(void)
 
 	if (fread(header, sizeof(header), 1, file) != 1 ||
 		header[0] != USAGE_DUMP_MAGIC ||
-		(header[1] != USAGE_DUMP_VERSION && header[1] != 2) ||
+		header[1] < 2 || header[1] > USAGE_DUMP_VERSION ||
+		(header[1] >= 4 && fread(&shipping, sizeof(shipping), 1, file) != 1) ||
 		fread(&count, sizeof(count), 1, file) != 1 || count < 0)
 	{
 		ereport(LOG,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("ignoring invalid file \"%s\"", USAGE_DUMP_FILE)));
 		goto done;
+	}
+
+	entry_size = header[1] == 2 ? USAGE_DUMP_ENTRY_V2 :
+		header[1] == 3 ? USAGE_DUMP_ENTRY_V3 : sizeof(UsageDumpEntry);
+	if (header[1] >= 4)
+	{
+		/* the same source, so that the primary knows a batch sent again */
+		usage_shared->source = shipping.source;
+		pg_atomic_write_u64(&usage_shared->next_batch, shipping.next_batch);
+		pg_atomic_write_u64(&usage_shared->dropped, shipping.dropped);
 	}
 
 	for (int32 i = 0; i < count; i++)
@@ -162,7 +195,7 @@ usage_load(void)
 		bool		found;
 
 		memset(&in, 0, sizeof(in));
-		if (fread(&in, header[1] == 2 ? USAGE_DUMP_ENTRY_V2 : sizeof(in), 1, file) != 1)
+		if (fread(&in, entry_size, 1, file) != 1)
 		{
 			ereport(LOG,
 					(errcode(ERRCODE_DATA_CORRUPTED),
@@ -184,6 +217,7 @@ usage_load(void)
 		entry->flushing_calls = in.flushing_calls;
 		entry->flushing_rejected = in.flushing_rejected;
 		entry->creator_xid = in.creator_xid;
+		entry->ship_batch = in.ship_batch;
 	}
 	if (lost > 0)
 		ereport(WARNING,

@@ -34,11 +34,12 @@ entry_subtract_flushed(UsageEntry *entry)
 	pg_atomic_fetch_sub_u64(&entry->rejected, entry->flushing_rejected);
 }
 
-/* Forgets entry's flush mark (exclusive lock held). */
+/* Forgets entry's flush or batch mark (exclusive lock held). */
 static void
 entry_clear_flush(UsageEntry *entry)
 {
 	entry->flush_xid = InvalidTransactionId;
+	entry->ship_batch = 0;
 	entry->flushing_calls = 0;
 	entry->flushing_rejected = 0;
 }
@@ -58,6 +59,15 @@ entry_settle_leftover(UsageEntry *entry, TransactionId current)
 		entry_subtract_flushed(entry);
 	entry_clear_flush(entry);
 	return true;
+}
+
+/* Copies entry's key into delta (its amounts are the caller's). */
+static void
+entry_to_delta(UsageEntry *entry, UsageDelta *delta)
+{
+	memcpy(delta->key_id, entry->key.key_id, APIKEY_ID_LEN);
+	delta->key_id[APIKEY_ID_LEN] = '\0';
+	delta->day = entry->key.day;
 }
 
 bool
@@ -90,6 +100,38 @@ usage_pending(Oid dbid)
 	return found;
 }
 
+/*
+ * Puts what entry holds into *delta and records the amounts taken as its
+ * flushing amounts (exclusive lock held); the caller sets the mark.  False
+ * if it holds nothing: then a drained past day's entry is removed.
+ */
+static bool
+entry_take(UsageEntry *entry, DateADT today, UsageDelta *delta, bool *removed)
+{
+	/* one flush writes at most 2^32-1 calls of an entry; the rest waits */
+	uint64		calls = Min(pg_atomic_read_u64(&entry->calls), PG_UINT32_MAX);
+	uint64		rejected = Min(pg_atomic_read_u64(&entry->rejected), PG_UINT32_MAX);
+	TimestampTz last_used = (TimestampTz) pg_atomic_read_u64(&entry->last_used);
+
+	if (calls == 0 && rejected == 0 && last_used <= entry->flushed_last_used)
+	{
+		/* drained: a past day's entry goes, today's stays for reuse */
+		if (entry->key.day < today)
+		{
+			usage_entry_remove(entry);
+			*removed = true;
+		}
+		return false;
+	}
+	entry_to_delta(entry, delta);
+	delta->calls = (int64) calls;
+	delta->rejected = (int64) rejected;
+	delta->last_used = last_used > entry->flushed_last_used ? last_used : 0;
+	entry->flushing_calls = (uint32) calls;
+	entry->flushing_rejected = (uint32) rejected;
+	return true;
+}
+
 UsageDelta *
 usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 {
@@ -105,10 +147,6 @@ usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 	hash_seq_init(&seq, usage_hash);
 	while ((entry = hash_seq_search(&seq)) != NULL)
 	{
-		uint64		calls;
-		uint64		rejected;
-		TimestampTz last_used;
-
 		if (entry->key.dbid != dbid)
 			continue;
 		if (entry->key.keys_relid != keys_relid)
@@ -118,32 +156,16 @@ usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 			removed = true;
 			continue;
 		}
+		/* a standby's batch not yet confirmed: the worker resolves it first */
+		if (entry->ship_batch != 0)
+			continue;
 		if (!entry_settle_leftover(entry, xid))
 			continue;
-		/* one flush writes at most 2^32-1 calls of an entry; the rest waits */
-		calls = Min(pg_atomic_read_u64(&entry->calls), PG_UINT32_MAX);
-		rejected = Min(pg_atomic_read_u64(&entry->rejected), PG_UINT32_MAX);
-		last_used = (TimestampTz) pg_atomic_read_u64(&entry->last_used);
-		if (calls == 0 && rejected == 0 && last_used <= entry->flushed_last_used)
+		if (entry_take(entry, today, &deltas[count], &removed))
 		{
-			/* drained: a past day's entry goes, today's stays for reuse */
-			if (entry->key.day < today)
-			{
-				usage_entry_remove(entry);
-				removed = true;
-			}
-			continue;
+			entry->flush_xid = xid;
+			count++;
 		}
-		memcpy(deltas[count].key_id, entry->key.key_id, APIKEY_ID_LEN);
-		deltas[count].key_id[APIKEY_ID_LEN] = '\0';
-		deltas[count].day = entry->key.day;
-		deltas[count].calls = (int64) calls;
-		deltas[count].rejected = (int64) rejected;
-		deltas[count].last_used = last_used > entry->flushed_last_used ? last_used : 0;
-		entry->flush_xid = xid;
-		entry->flushing_calls = (uint32) calls;
-		entry->flushing_rejected = (uint32) rejected;
-		count++;
 	}
 	LWLockRelease(usage_shared->lock);
 
@@ -172,9 +194,13 @@ entry_key_may_appear(UsageEntry *entry)
 	return TransactionIdDidCommit(xid);
 }
 
-void
-usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *deltas,
-			 const bool *matched, const bool *last_used_done, int n)
+/*
+ * Settles what a flush (mark xid) or a standby's batch (mark batch) wrote:
+ * see usage_settle.
+ */
+static void
+settle(Oid dbid, Oid keys_relid, TransactionId xid, uint64 batch,
+	   const UsageDelta *deltas, const bool *matched, const bool *last_used_done, int n)
 {
 	DateADT		today = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
 
@@ -190,7 +216,7 @@ usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *delt
 		key.day = deltas[i].day;
 		memcpy(key.key_id, deltas[i].key_id, APIKEY_ID_LEN);
 		entry = hash_search(usage_hash, &key, HASH_FIND, NULL);
-		if (entry == NULL || entry->flush_xid != xid)
+		if (entry == NULL || entry->flush_xid != xid || entry->ship_batch != batch)
 			continue;
 
 		if (!matched[i])
@@ -220,6 +246,137 @@ usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *delt
 
 	/* entries were drained or removed: waiting backends can evict them now */
 	ConditionVariableBroadcast(&usage_shared->room);
+}
+
+void
+usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *deltas,
+			 const bool *matched, const bool *last_used_done, int n)
+{
+	settle(dbid, keys_relid, xid, 0, deltas, matched, last_used_done, n);
+}
+
+UsageDelta *
+usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch, int *n)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	UsageDelta *deltas;
+	int			count = 0;
+	bool		removed = false;
+	uint64		unconfirmed = 0;
+	DateADT		today = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
+
+	LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
+	/* every entry may be the unconfirmed batch's (max may have been larger) */
+	deltas = palloc(sizeof(UsageDelta) * Max(hash_get_num_entries(usage_hash), 1));
+
+	/* a batch that may have reached the primary goes again, exactly as it was */
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry->key.dbid != dbid || entry->key.keys_relid != keys_relid ||
+			entry->ship_batch == 0)
+			continue;
+		unconfirmed = entry->ship_batch;
+		entry_to_delta(entry, &deltas[count]);
+		deltas[count].calls = entry->flushing_calls;
+		deltas[count].rejected = entry->flushing_rejected;
+		deltas[count].last_used = 0;
+		count++;
+	}
+	if (unconfirmed != 0 || max == 0)
+	{
+		LWLockRelease(usage_shared->lock);
+		*batch = unconfirmed;
+		*n = count;
+		return deltas;
+	}
+
+	*batch = pg_atomic_fetch_add_u64(&usage_shared->next_batch, 1);
+	hash_seq_init(&seq, usage_hash);
+	while (count < max && (entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry->key.dbid != dbid)
+			continue;
+		if (entry->key.keys_relid != keys_relid)
+		{
+			/* counts of a dropped instance of the extension */
+			usage_entry_remove(entry);
+			removed = true;
+			continue;
+		}
+		/* a flush mark left by this server's time as a primary */
+		if (!entry_settle_leftover(entry, InvalidTransactionId))
+			continue;
+		if (entry_take(entry, today, &deltas[count], &removed))
+		{
+			entry->ship_batch = *batch;
+			count++;
+		}
+	}
+	if (count == max)
+		hash_seq_term(&seq);
+	LWLockRelease(usage_shared->lock);
+
+	if (removed)
+		ConditionVariableBroadcast(&usage_shared->room);
+	*n = count;
+	return deltas;
+}
+
+void
+usage_ship_settle(Oid dbid, Oid keys_relid, uint64 batch, const UsageDelta *deltas,
+				  const bool *matched, const bool *last_used_done, int n)
+{
+	settle(dbid, keys_relid, InvalidTransactionId, batch, deltas, matched,
+		   last_used_done, n);
+}
+
+void
+usage_ship_unmark(Oid dbid)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+
+	LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		if (entry->key.dbid == dbid && entry->ship_batch != 0)
+			entry_clear_flush(entry);
+	LWLockRelease(usage_shared->lock);
+}
+
+pg_uuid_t
+usage_source(void)
+{
+	return usage_shared->source;
+}
+
+uint64
+usage_dropped(void)
+{
+	return pg_atomic_read_u64(&usage_shared->dropped);
+}
+
+void
+usage_pending_counts(Oid dbid, int *keys, int64 *calls, int64 *rejected)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+
+	*keys = 0;
+	*calls = *rejected = 0;
+	LWLockAcquire(usage_shared->lock, LW_SHARED);
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry->key.dbid != dbid || usage_entry_is_drained(entry))
+			continue;
+		(*keys)++;
+		*calls += (int64) pg_atomic_read_u64(&entry->calls);
+		*rejected += (int64) pg_atomic_read_u64(&entry->rejected);
+	}
+	LWLockRelease(usage_shared->lock);
 }
 
 void

@@ -15,6 +15,7 @@
 #include "access/transam.h"
 #include "datatype/timestamp.h"
 #include "utils/hsearch.h"
+#include "utils/uuid.h"
 
 #include "keyformat.h"
 
@@ -36,7 +37,9 @@ typedef struct UsageEntry
 	TransactionId creator_xid;	/* the key's creating transaction, when that
 								 * was still in progress at first count */
 	TransactionId flush_xid;	/* flush in progress or unsettled, or invalid */
-	uint32		flushing_calls; /* what that flush is writing */
+	uint64		ship_batch;		/* a standby's batch in flight or unconfirmed,
+								 * or 0; it then holds the flushing amounts */
+	uint32		flushing_calls; /* what that flush (or batch) is writing */
 	uint32		flushing_rejected;
 } UsageEntry;
 
@@ -45,6 +48,10 @@ typedef struct UsageShared
 	LWLock	   *lock;
 	ConditionVariable room;		/* broadcast when entries are removed */
 	pg_atomic_uint64 last_wait; /* when a backend last waited for room */
+	/* a standby's shipping (ship.c): who it is to the primary, and its next batch */
+	pg_uuid_t	source;			/* random at first start, kept by the dump */
+	pg_atomic_uint64 next_batch;
+	pg_atomic_uint64 dropped;	/* counts a standby could not keep (table full) */
 } UsageShared;
 
 extern UsageShared *usage_shared;
@@ -57,7 +64,7 @@ usage_entry_is_drained(UsageEntry *entry)
 	return pg_atomic_read_u64(&entry->calls) == 0 &&
 		pg_atomic_read_u64(&entry->rejected) == 0 &&
 		(TimestampTz) pg_atomic_read_u64(&entry->last_used) <= entry->flushed_last_used &&
-		!TransactionIdIsValid(entry->flush_xid);
+		!TransactionIdIsValid(entry->flush_xid) && entry->ship_batch == 0;
 }
 
 /* Removes entry, possibly during a hash_seq_search (exclusive lock held). */

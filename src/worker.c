@@ -3,6 +3,10 @@
  *		The per-database worker: flushes usage counters, expires keys,
  *		applies usage retention.
  *
+ * On a hot standby it only ships usage to the primary (ship.c), every
+ * flush_interval; after promotion it first settles the last batch it
+ * shipped, then works as on any primary.
+ *
  * Started by the launcher, one per database where the extension exists,
  * connected to it (even when it accepts no connections).  On its latch it
  * runs three passes, each in its own transaction: every flush_interval (or
@@ -25,6 +29,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -49,6 +54,7 @@
 #include "guc.h"
 #include "lookup.h"
 #include "ratelimit.h"
+#include "ship.h"
 #include "slots.h"
 #include "usage.h"
 #include "worker.h"
@@ -63,6 +69,7 @@ static WorkerSlot *my_slot = NULL;
 static volatile sig_atomic_t in_pass = false;
 static Oid	my_keys_relid = InvalidOid;
 static bool extension_gone = false;
+static char *my_dbname = NULL;
 
 /*
  * One flush: what was read from shared memory, and what SQL did with it.
@@ -130,18 +137,6 @@ static void
 flush_body(void *arg)
 {
 	FlushState *fs = (FlushState *) arg;
-	Datum	   *ids;
-	Datum	   *days;
-	Datum	   *calls;
-	Datum	   *rejected;
-	Datum	   *last_used;
-	bool	   *last_used_nulls;
-	int			dims[1];
-	int			lbs[1] = {1};
-	Oid			argtypes[5] = {TEXTARRAYOID, DATEARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
-							   TIMESTAMPTZARRAYOID};
-	Datum		args[5];
-
 	MemoryContext spi_cxt;
 
 	fs->n = 0;
@@ -167,87 +162,7 @@ flush_body(void *arg)
 	if (fs->n == 0)
 		return;
 
-	ids = palloc(sizeof(Datum) * fs->n);
-	days = palloc(sizeof(Datum) * fs->n);
-	calls = palloc(sizeof(Datum) * fs->n);
-	rejected = palloc(sizeof(Datum) * fs->n);
-	last_used = palloc(sizeof(Datum) * fs->n);
-	last_used_nulls = palloc(sizeof(bool) * fs->n);
-	for (int i = 0; i < fs->n; i++)
-	{
-		ids[i] = CStringGetTextDatum(fs->deltas[i].key_id);
-		days[i] = DateADTGetDatum(fs->deltas[i].day);
-		calls[i] = Int64GetDatum(fs->deltas[i].calls);
-		rejected[i] = Int64GetDatum(fs->deltas[i].rejected);
-		last_used[i] = TimestampTzGetDatum(fs->deltas[i].last_used);
-		last_used_nulls[i] = (fs->deltas[i].last_used == 0);
-	}
-	dims[0] = fs->n;
-	args[0] = PointerGetDatum(construct_array(ids, fs->n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_array(days, fs->n, DATEOID, sizeof(DateADT), true, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_array(calls, fs->n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[3] = PointerGetDatum(construct_array(rejected, fs->n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[4] = PointerGetDatum(construct_md_array(last_used, last_used_nulls, 1, dims, lbs,
-												 TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-
-	/*
-	 * Counts of keys this snapshot cannot see are left out (and kept for a
-	 * retry).  last_used_at moves only when it is more than a minute
-	 * behind, so a busy key costs one row update a minute, not one a flush;
-	 * it is set only on rows nobody has locked, so a flush never waits for a
-	 * user's transaction (a locked row is retried).
-	 */
-	if (SPI_execute_with_args(
-							  "WITH d AS ("
-							  " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-							  "  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
-							  "  WITH ORDINALITY AS d(key_id, day, calls, rejected, last_used, i)"
-							  " WHERE EXISTS (SELECT FROM apikeys.keys k"
-							  "               WHERE k.id OPERATOR(pg_catalog.=) d.key_id)),"
-							  " ins AS ("
-							  " INSERT INTO apikeys.usage AS u (key_id, day, calls, rejected)"
-							  " SELECT d.key_id, d.day, d.calls, d.rejected FROM d"
-							  " WHERE d.calls OPERATOR(pg_catalog.>) 0 OR d.rejected OPERATOR(pg_catalog.>) 0"
-							  " ON CONFLICT (key_id, day) DO UPDATE"
-							  " SET calls = u.calls OPERATOR(pg_catalog.+) excluded.calls,"
-							  "     rejected = u.rejected OPERATOR(pg_catalog.+) excluded.rejected),"
-							  " stale AS ("
-							  " SELECT m.key_id, m.last_used"
-							  " FROM (SELECT d.key_id, pg_catalog.max(d.last_used) AS last_used FROM d"
-							  "       WHERE d.last_used IS NOT NULL GROUP BY d.key_id) m"
-							  " JOIN apikeys.keys k ON k.id OPERATOR(pg_catalog.=) m.key_id"
-							  " WHERE k.last_used_at IS NULL"
-							  "    OR k.last_used_at OPERATOR(pg_catalog.<)"
-							  "       (m.last_used OPERATOR(pg_catalog.-) interval '1 minute')),"
-							  " lockable AS ("
-							  " SELECT k.id FROM apikeys.keys k"
-							  " WHERE k.id OPERATOR(pg_catalog.=) ANY (SELECT s.key_id FROM stale s)"
-							  " FOR NO KEY UPDATE OF k SKIP LOCKED),"
-							  " upd AS ("
-							  " UPDATE apikeys.keys k"
-							  " SET last_used_at = GREATEST(k.last_used_at, s.last_used)"
-							  " FROM stale s"
-							  " WHERE k.id OPERATOR(pg_catalog.=) s.key_id"
-							  "   AND k.id OPERATOR(pg_catalog.=) ANY (SELECT l.id FROM lockable l)"
-							  " RETURNING k.id)"
-							  " SELECT d.i, d.last_used IS NULL"
-							  "        OR NOT d.key_id OPERATOR(pg_catalog.=) ANY (SELECT s.key_id FROM stale s)"
-							  "        OR d.key_id OPERATOR(pg_catalog.=) ANY (SELECT upd.id FROM upd)"
-							  " FROM d",
-							  5, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not flush api key usage");
-
-	for (uint64 r = 0; r < SPI_processed; r++)
-	{
-		bool		isnull;
-		int64		i = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-													SPI_tuptable->tupdesc, 1, &isnull));
-		bool		done = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r],
-													  SPI_tuptable->tupdesc, 2, &isnull));
-
-		fs->matched[i - 1] = true;
-		fs->last_used_done[i - 1] = done;
-	}
+	usage_apply(fs->deltas, fs->n, fs->matched, fs->last_used_done);
 }
 
 /*
@@ -317,6 +232,21 @@ retention_body(void *arg)
 							  "   OPERATOR(pg_catalog.-) $1)",
 							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not apply credit usage retention");
+
+	/*
+	 * Standbys silent for as long: a batch one of them still holds would be
+	 * applied again (docs/standbys.md).
+	 */
+	if (SPI_execute("SELECT 1 WHERE pg_catalog.to_regclass('apikeys.standby_batches') IS NOT NULL",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up apikeys.standby_batches");
+	if (SPI_processed == 1 &&
+		SPI_execute_with_args("DELETE FROM apikeys.standby_batches b"
+							  " WHERE pg_catalog.coalesce(b.last_batch_at, b.first_batch_at)"
+							  "  OPERATOR(pg_catalog.<) pg_catalog.now()"
+							  "   OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => $1)",
+							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not apply standby batch retention");
 }
 
 /*
@@ -404,6 +334,62 @@ flush(void)
 	}
 }
 
+/* Nothing but run_pass's look at the extension (and its keys table). */
+static void
+check_body(void *arg)
+{
+}
+
+/*
+ * On a hot standby: ship the counters to the primary.  Returns whether
+ * that worked; a flush_usage() waiting is told only then.
+ */
+static bool
+ship(void)
+{
+	uint64		requested;
+
+	LWLockAcquire(slots_shared->lock, LW_SHARED);
+	requested = my_slot->flush_requested;
+	LWLockRelease(slots_shared->lock);
+
+	/* DROP EXTENSION replays here too: then the counts are void */
+	if (!run_pass("apikeys: look up the extension", check_body, NULL) || extension_gone)
+		return false;
+	ratelimit_purge();
+	if (!ship_usage(my_keys_relid, my_dbname))
+		return false;
+	LWLockAcquire(slots_shared->lock, LW_EXCLUSIVE);
+	my_slot->flush_done = requested;
+	LWLockRelease(slots_shared->lock);
+	ConditionVariableBroadcast(&slots_shared->flushed);
+	return true;
+}
+
+/* After promotion: apply a batch the old primary never confirmed (ship.h). */
+static void
+resolve_body(void *arg)
+{
+	ShipResolve *rs = (ShipResolve *) arg;
+
+	rs->keys_relid = my_keys_relid;
+	ship_resolve_body(rs);
+}
+
+/* True once no batch of this server's time as a standby is left unconfirmed. */
+static bool
+resolve_batch(void)
+{
+	ShipResolve rs = {0};
+
+	rs.cxt = loop_cxt;
+	if (!run_pass("apikeys: apply the standby's last batch", resolve_body, &rs))
+		return false;
+	if (!extension_gone)
+		ship_resolve_settle(&rs);
+	return true;
+}
+
 void
 apikeys_worker_main(Datum arg)
 {
@@ -412,6 +398,11 @@ apikeys_worker_main(Datum arg)
 	TimestampTz next_expiry;
 	TimestampTz next_retention;
 	bool		paused;
+	bool		was_standby = false;
+	/* a clean stop as a standby may have left a batch in the dump */
+	bool		resolve_pending = true;
+	bool		last_ship_ok = true;
+	uint64		ship_attempted = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, worker_sigterm);
@@ -445,6 +436,9 @@ apikeys_worker_main(Datum arg)
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "apikeys worker loop",
 									 ALLOCSET_DEFAULT_SIZES);
+	StartTransactionCommand();
+	my_dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dbid));
+	CommitTransactionCommand();
 	MemoryContextSwitchTo(loop_cxt);
 
 	next_flush = next_expiry = next_retention = GetCurrentTimestamp();
@@ -467,6 +461,42 @@ apikeys_worker_main(Datum arg)
 		requested = my_slot->flush_requested;
 		done = my_slot->flush_done;
 		LWLockRelease(slots_shared->lock);
+
+		/*
+		 * A hot standby ships its counts to the primary, every flush
+		 * interval, or at once when asked (but after a failure not before
+		 * the interval has passed); it writes nothing itself.
+		 */
+		if (RecoveryInProgress())
+		{
+			if (!was_standby)
+				ship_init(my_slot);
+			was_standby = resolve_pending = true;
+			now = GetCurrentTimestamp();
+			if (now >= next_flush ||
+				(last_ship_ok && (requested != ship_attempted || usage_pressure())))
+			{
+				ship_attempted = requested;
+				last_ship_ok = ship();
+				next_flush = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														 apikeys_flush_interval);
+			}
+			if (extension_gone)
+				break;
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 ms_until(next_flush, GetCurrentTimestamp()), PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			QueryCancelPending = false;
+			if (ProcSignalBarrierPending)
+				ProcessProcSignalBarrier();
+			continue;
+		}
+		/* promoted (or started from a standby's dump): the last batch first */
+		if (resolve_pending && !extension_gone)
+		{
+			ship_disconnect();
+			resolve_pending = !resolve_batch();
+		}
 
 		/* charges waiting for a lease or a refill come first */
 		if (!extension_gone && credits_wanted(MyDatabaseId, &has_pools))
@@ -526,7 +556,7 @@ apikeys_worker_main(Datum arg)
 	 * more, so that this database's counts do not wait for the next worker,
 	 * without waiting long for a lock (a second SIGTERM also ends it).
 	 */
-	if (ShutdownRequestPending && !extension_gone)
+	if (ShutdownRequestPending && !extension_gone && !RecoveryInProgress())
 	{
 		SetConfigOption("lock_timeout", FINAL_FLUSH_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
 		flush();
