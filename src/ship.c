@@ -115,7 +115,10 @@ ship_failed(const char *what, const char *detail)
 	int			len;
 
 	snprintf(message, sizeof(message), "%s%s%s", what, detail ? ": " : "", detail ? detail : "");
-	/* libpq's messages end with a newline */
+	/* libpq's messages span lines: one line here */
+	for (char *c = message; *c; c++)
+		if (*c == '\n' || *c == '\t')
+			*c = ' ';
 	len = strlen(message);
 	while (len > 0 && (message[len - 1] == '\n' || message[len - 1] == ' '))
 		message[--len] = '\0';
@@ -142,9 +145,10 @@ ship_failed(const char *what, const char *detail)
 		unlogged_failures++;
 }
 
-/* Records a batch the primary confirmed. */
+/* Records a batch the primary confirmed (locally: after promotion). */
 static void
-ship_succeeded(uint64 batch, const UsageDelta *deltas, const bool *matched, int n)
+ship_succeeded(uint64 batch, const UsageDelta *deltas, const bool *matched, int n,
+			   bool locally)
 {
 	int64		calls = 0;
 	int64		rejected = 0;
@@ -162,15 +166,15 @@ ship_succeeded(uint64 batch, const UsageDelta *deltas, const bool *matched, int 
 		status_slot->ship.calls += calls;
 		status_slot->ship.rejected += rejected;
 	});
-	if (failures_in_a_row > 0)
+	if (failures_in_a_row > 0 && !locally)
 	{
 		ereport(LOG,
 				(errmsg("apikeys is shipping usage to the primary again, after %d failed attempts",
 						failures_in_a_row)));
-		failures_in_a_row = 0;
-		unlogged_failures = 0;
-		last_logged = 0;
 	}
+	failures_in_a_row = 0;
+	unlogged_failures = 0;
+	last_logged = 0;
 }
 
 /*
@@ -608,7 +612,7 @@ ship_usage(Oid keys_relid, const char *dbname)
 		}
 		pgstat_report_activity(STATE_IDLE, NULL);
 		usage_ship_settle(MyDatabaseId, keys_relid, batch, deltas, matched, last_used_done, n);
-		ship_succeeded(batch, deltas, matched, n);
+		ship_succeeded(batch, deltas, matched, n, false);
 		pfree(deltas);
 		pfree(matched);
 		pfree(last_used_done);
@@ -650,7 +654,7 @@ ship_resolve_settle(ShipResolve *rs)
 		return;
 	usage_ship_settle(MyDatabaseId, rs->keys_relid, rs->batch, rs->deltas, rs->matched,
 					  rs->last_used_done, rs->n);
-	ship_succeeded(rs->batch, rs->deltas, rs->matched, rs->n);
+	ship_succeeded(rs->batch, rs->deltas, rs->matched, rs->n, true);
 }
 
 /*
