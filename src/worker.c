@@ -242,9 +242,9 @@ retention_body(void *arg)
 		elog(ERROR, "could not look up apikeys.standby_batches");
 	if (SPI_processed == 1 &&
 		SPI_execute_with_args("DELETE FROM apikeys.standby_batches b"
-							  " WHERE pg_catalog.coalesce(b.last_batch_at, b.first_batch_at)"
-							  "  OPERATOR(pg_catalog.<) pg_catalog.now()"
-							  "   OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => $1)",
+							  " WHERE COALESCE(b.last_batch_at, b.first_batch_at)"
+							  "  OPERATOR(pg_catalog.<) (pg_catalog.now()"
+							  "   OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => $1))",
 							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not apply standby batch retention");
 }

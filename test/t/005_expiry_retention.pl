@@ -133,12 +133,18 @@ sub days_kept
 }
 put_days(500, 401, 400, 10);
 is(days_kept(), '500,401,400,10', 'usage rows 500, 401, 400 and 10 days old');
+# a standby silent for longer than the retention is forgotten too
+sql($node, $db, q{INSERT INTO apikeys.standby_batches (source, standby, last_batch, last_batch_at)
+	VALUES (gen_random_uuid(), 'silent', 5, now() - interval '401 days'),
+	       (gen_random_uuid(), 'recent', 5, now() - interval '10 days')});
 $node->restart;
 $took = wait_until($node, $db,
 	"SELECT count(*) FROM apikeys.usage WHERE key_id = '$n_id' AND day < '$today'::date - 400", '0', 10);
 ok(defined $took, sprintf('after a restart the worker applies retention (%.2fs)', $took // -1));
 is(days_kept(), '400,10',
 	'with usage_retention_days = 400: rows older than 400 days are gone, 400 days old and newer stay');
+is(sql($node, $db, 'SELECT string_agg(standby, \',\') FROM apikeys.standby_batches'), 'recent',
+	'the row of a standby silent for more than 400 days is gone, a recent one stays');
 
 # the minimum is 90
 like(sql_fails($node, $db, 'ALTER SYSTEM SET apikeys.usage_retention_days = 30'),
