@@ -29,6 +29,9 @@ PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 
 ifneq ($(wildcard $(PGXS)),)
 include $(PGXS)
+# PGXS tracks no header dependencies: a changed header rebuilds every object
+# (a struct laid out two ways in one library corrupts shared memory)
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
 else
 # No server development files yet: only the targets that install them work.
 all install installcheck:
