@@ -18,8 +18,9 @@
  * Nothing here blocks a validation: backends only touch shared memory.
  * The network waits are the worker's, on its latch, bounded by a connect
  * timeout and ANSWER_TIMEOUT_MS, and left at once when the worker must
- * stop.  The connection is kept between batches and made again after any
- * failure.  Failures are logged at most once a minute per database.
+ * stop.  A connection serves one interval's batches and is closed: an idle
+ * session would keep DROP DATABASE from working on the primary.  Failures
+ * are logged at most once a minute per database.
  *
  * After promotion the worker resolves an unconfirmed batch locally with
  * the same bookkeeping (the promoted server's apikeys.standby_batches
@@ -195,8 +196,8 @@ wait_socket(int events, long timeout, bool *ready)
 	if (rc & WL_LATCH_SET)
 	{
 		ResetLatch(MyLatch);
-		/* a ship may be asked for again: the loop looks at the request later */
-		if (ShutdownRequestPending)
+		/* stopping, or a recovery conflict (the worker's loop ends it) */
+		if (ShutdownRequestPending || ProcDiePending)
 			return SHIP_INTERRUPTED;
 	}
 	*ready = (rc & events) != 0;
@@ -584,8 +585,9 @@ ship_batch(uint64 batch, const UsageDelta *deltas, int n, bool *matched, bool *l
 	return SHIP_OK;
 }
 
-bool
-ship_usage(Oid keys_relid, const char *dbname)
+/* ship_usage's rounds, on one connection. */
+static bool
+ship_rounds(Oid keys_relid, const char *dbname)
 {
 	for (;;)
 	{
@@ -619,6 +621,19 @@ ship_usage(Oid keys_relid, const char *dbname)
 		if (n < SHIP_BATCH_MAX)
 			return true;
 	}
+}
+
+bool
+ship_usage(Oid keys_relid, const char *dbname)
+{
+	bool		ok = ship_rounds(keys_relid, dbname);
+
+	/*
+	 * The connection is not kept between intervals: an idle session in the
+	 * primary's database would make DROP DATABASE there fail.
+	 */
+	ship_disconnect();
+	return ok;
 }
 
 void

@@ -18,7 +18,8 @@ extern void ship_init(WorkerSlot *slot);
  * Ships this database's counters to the primary, in as many batches as
  * they take (keys_relid: the keys table; dbname: the database).  False if
  * something failed (recorded, and logged at most once a minute) or the
- * worker must stop; the counts then wait for the next attempt.
+ * worker must stop; the counts then wait for the next attempt.  The
+ * connection is closed again before it returns.
  */
 extern bool ship_usage(Oid keys_relid, const char *dbname);
 

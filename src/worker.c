@@ -487,8 +487,12 @@ apikeys_worker_main(Datum arg)
 							 ms_until(next_flush, GetCurrentTimestamp()), PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 			QueryCancelPending = false;
-			if (ProcSignalBarrierPending)
-				ProcessProcSignalBarrier();
+			/*
+			 * Replaying DROP DATABASE (or a tablespace move) waits for every
+			 * process in the database to leave: such a recovery conflict
+			 * ends this worker here (FATAL), as it would any session.
+			 */
+			CHECK_FOR_INTERRUPTS();
 			continue;
 		}
 		/* promoted (or started from a standby's dump): the last batch first */

@@ -1,11 +1,17 @@
-# 021_standby_full_table.pl -- a hot standby whose counter table is full
-# while it cannot ship (SPEC 13, issue 15).
+# 021_standby_operations.pl -- a hot standby's worker among the things an
+# operator does (SPEC 13, issue 15).
 #
+# 1. A standby whose counter table is full while it cannot ship.
 # A primary makes a validation wait for a flush when every counter entry
 # holds unflushed counts; a standby's counts leave only over the network, so
 # there a validation must never wait: the counts that find no room are
 # dropped, and apikey_standby_status() says how many.  What was kept reaches
 # the primary, exactly, once it is back.
+#
+# 2. DROP DATABASE on the primary, of a database the standby ships to: the
+# shipping connection must not hold a session there between intervals (the
+# DROP would fail), and the standby's worker must leave the database when
+# the DROP is replayed (replay waits for every session in it).
 use strict;
 use warnings;
 
@@ -75,6 +81,31 @@ sql($standby, $db, 'SELECT apikeys.apikey_validate(key) FROM public.test_keys WH
 is(sql($standby, $db, 'SELECT apikeys.flush_usage()'), 't', 'flush_usage() on the standby ships');
 is(sql($primary, $db, 'SELECT sum(calls) FROM apikeys.usage'), '140',
 	'the primary has the new 10 calls too');
+
+# ---------------------------------------------------------------------------
+# 2. DROP DATABASE of a database a standby ships to
+# ---------------------------------------------------------------------------
+sql($primary, $db, 'CREATE DATABASE shipped');
+create_extension($primary, 'shipped');
+my (undef, $key) = create_key($primary, 'shipped', 'gone', 'soon');
+$primary->wait_for_catchup($standby);
+is(validate_n($standby, 'shipped', $key, 3), 'valid', 'a key validates on the standby');
+is(sql($standby, 'shipped', 'SELECT apikeys.flush_usage()'), 't', 'and its calls are shipped');
+is(sql($primary, 'shipped', 'SELECT sum(calls) FROM apikeys.usage'), '3', 'the primary has them');
+is(sql($standby, 'shipped', 'SELECT connected FROM apikeys.apikey_standby_status()'), 'f',
+	'no shipping connection stays open between intervals');
+
+my ($ret, $o, $err) = $primary->psql($db, 'DROP DATABASE shipped', timeout => 60);
+is($ret, 0, 'DROP DATABASE on the primary works while the standby ships to it')
+  or diag($err);
+my $lsn = sql($primary, $db, 'SELECT pg_current_wal_lsn()');
+$done = wait_until($standby, $db,
+	"SELECT pg_last_wal_replay_lsn() >= '$lsn'::pg_lsn", 't', 60);
+ok(defined $done, sprintf('the standby replays the DROP (%.2fs): its worker left the database',
+	$done // -1));
+is(sql($standby, $db, "SELECT count(*) FROM pg_database WHERE datname = 'shipped'"), '0',
+	'the database is gone on the standby too');
+is(validate_n($standby, $db, $keys[0][1], 1), 'valid', 'the standby goes on validating elsewhere');
 
 check_no_crash($standby);
 done_testing();
