@@ -1650,12 +1650,12 @@ COMMENT ON TABLE apikeys.standby_batches IS
 
 CREATE FUNCTION apikeys._usage_ship(source uuid, standby text, batch bigint,
 	key_ids text[], days date[], calls bigint[], rejected bigint[], last_used timestamptz[])
-RETURNS TABLE (i integer, last_used_done boolean)
+RETURNS TABLE (applied boolean, i integer, last_used_done boolean)
 LANGUAGE C VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'apikeys_usage_ship';
 COMMENT ON FUNCTION apikeys._usage_ship(uuid, text, bigint, text[], date[], bigint[], bigint[], timestamptz[]) IS
-	'A hot standby''s batch of usage counts, applied once per source and batch number; returns the ordinals of the counters whose key exists';
+	'A hot standby''s batch of usage counts, applied once per source and batch number; returns, for the counters whose key exists, whether the batch was applied now and their ordinals';
 
 CREATE FUNCTION apikeys.apikey_standby_status(OUT in_recovery boolean, OUT source uuid,
 	OUT target text, OUT connected boolean, OUT last_batch bigint,

@@ -59,8 +59,28 @@ SELECT * FROM regress.error_of($$SELECT * FROM apikeys._usage_ship('00000000-000
 	ARRAY['a'], ARRAY[current_date], ARRAY[NULL]::bigint[], ARRAY[0]::bigint[], ARRAY[NULL]::timestamptz[])$$);
 SELECT * FROM regress.error_of($$SELECT * FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000003', 'x', 1,
 	ARRAY[['a']], ARRAY[[current_date]], ARRAY[[1]]::bigint[], ARRAY[[0]]::bigint[], ARRAY[[NULL]]::timestamptz[])$$);
+-- counts a standby never sends (one flush takes at most 2^32-1 of an
+-- entry): a huge one would make the usage sums overflow and stop every flush
+SELECT * FROM regress.error_of($$SELECT * FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000003', 'x', 1,
+	ARRAY['a'], ARRAY[current_date], ARRAY[9223372036854775800]::bigint[], ARRAY[0]::bigint[], ARRAY[NULL]::timestamptz[])$$);
+SELECT * FROM regress.error_of($$SELECT * FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000003', 'x', 1,
+	ARRAY['a'], ARRAY[current_date], ARRAY[0]::bigint[], ARRAY[4294967296]::bigint[], ARRAY[NULL]::timestamptz[])$$);
+-- infinity would stay in last_used_at and in apikeys.usage for good
+SELECT * FROM regress.error_of($$SELECT * FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000003', 'x', 1,
+	ARRAY['a'], ARRAY[current_date], ARRAY[1]::bigint[], ARRAY[0]::bigint[], ARRAY['infinity']::timestamptz[])$$);
+SELECT * FROM regress.error_of($$SELECT * FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000003', 'x', 1,
+	ARRAY['a'], ARRAY['infinity']::date[], ARRAY[1]::bigint[], ARRAY[0]::bigint[], ARRAY[NULL]::timestamptz[])$$);
 SELECT count(*) AS recorded FROM apikeys.standby_batches
 WHERE source = '00000000-0000-4000-8000-000000000003';
+
+-- the largest count a standby sends is taken; a last use ahead of the
+-- primary's clock (a standby's clock may be ahead) is recorded as now
+SELECT count(*) FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000005', 'y', 1,
+	ARRAY[:'id_one'], ARRAY[current_date - 1], ARRAY[4294967295]::bigint[], ARRAY[0]::bigint[],
+	ARRAY[now() + interval '1 year']);
+SELECT calls FROM apikeys.usage WHERE key_id = :'id_one' AND day = current_date - 1;
+SELECT last_used_at <= now() AS not_in_the_future FROM apikeys.keys WHERE id = :'id_one';
+DELETE FROM apikeys.usage WHERE key_id = :'id_one' AND day = current_date - 1;
 
 -- who may ship: members of apikeys_standby; not PUBLIC, not an administrator
 CREATE ROLE ship_nobody;

@@ -30,6 +30,8 @@
 #include "postgres.h"
 
 #include "access/xlog.h"
+#include "access/xlogrecovery.h"
+#include "mb/pg_wchar.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "libpq-fe.h"
@@ -56,6 +58,10 @@ PG_FUNCTION_INFO_V1(apikey_standby_status);
 #define SHIP_BATCH_MAX			10000
 /* How long the worker waits for the primary's answer to a batch. */
 #define ANSWER_TIMEOUT_MS		(60 * 1000)
+/* How long a confirmed batch may wait for this standby to replay its commit. */
+#define REPLAY_TIMEOUT_MS		(30 * 1000)
+/* How often a network wait looks for a promotion. */
+#define PROMOTION_POLL_MS		100
 /* Connect timeout when the connection string gives none (seconds). */
 #define DEFAULT_CONNECT_TIMEOUT	"10"
 /* One failure log line per database per this long. */
@@ -74,7 +80,8 @@ typedef enum ShipResult
 {
 	SHIP_OK,
 	SHIP_FAILED,
-	SHIP_INTERRUPTED
+	SHIP_INTERRUPTED,
+	SHIP_PROMOTED				/* the batch is resolved locally (ship.h) */
 } ShipResult;
 
 static WorkerSlot *status_slot = NULL;
@@ -107,6 +114,16 @@ ship_disconnect(void)
 		STATUS_UPDATE(status_slot->ship.connected = false);
 }
 
+/* Copies text into a status field, cut at a character boundary. */
+static void
+status_text(char *field, const char *text)
+{
+	int			len = pg_mbcliplen(text, strlen(text), SHIP_TEXT_LEN - 1);
+
+	memcpy(field, text, len);
+	field[len] = '\0';
+}
+
 /* Records a failure: in the status, and in the log at most once a minute. */
 static void
 ship_failed(const char *what, const char *detail)
@@ -125,10 +142,11 @@ ship_failed(const char *what, const char *detail)
 		message[--len] = '\0';
 
 	ship_disconnect();
+	usage_ship_health(false);
 	STATUS_UPDATE({
 		status_slot->ship.errors++;
 		status_slot->ship.last_error_at = now;
-		strlcpy(status_slot->ship.last_error, message, SHIP_TEXT_LEN);
+		status_text(status_slot->ship.last_error, message);
 	});
 
 	failures_in_a_row++;
@@ -160,6 +178,7 @@ ship_succeeded(uint64 batch, const UsageDelta *deltas, const bool *matched, int 
 			calls += deltas[i].calls;
 			rejected += deltas[i].rejected;
 		}
+	usage_ship_health(true);
 	STATUS_UPDATE({
 		status_slot->ship.last_batch = batch;
 		status_slot->ship.last_shipped_at = GetCurrentTimestamp();
@@ -178,9 +197,16 @@ ship_succeeded(uint64 batch, const UsageDelta *deltas, const bool *matched, int 
 	last_logged = 0;
 }
 
+/* True once this standby is being promoted, or has been. */
+static bool
+promoting(void)
+{
+	return PromoteIsTriggered() || !RecoveryInProgress();
+}
+
 /*
  * Waits on the latch and, if events asks, conn's socket, for up to timeout
- * ms.  SHIP_INTERRUPTED if the worker must stop; SHIP_FAILED on timeout;
+ * ms (SHIP_PROMOTED at once once a promotion is under way).  SHIP_INTERRUPTED if the worker must stop; SHIP_FAILED on timeout;
  * else SHIP_OK with *ready saying whether the socket event came.
  */
 static ShipResult
@@ -189,10 +215,14 @@ wait_socket(int events, long timeout, bool *ready)
 	int			rc;
 
 	*ready = false;
+	/* promoted: whatever the old primary answers, the batch is resolved here */
+	if (promoting())
+		return SHIP_PROMOTED;
 	if (timeout <= 0)
 		return SHIP_FAILED;
+	/* a promotion is noticed within PROMOTION_POLL_MS */
 	rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH | events,
-						   PQsocket(conn), timeout, PG_WAIT_EXTENSION);
+						   PQsocket(conn), Min(timeout, PROMOTION_POLL_MS), PG_WAIT_EXTENSION);
 	if (rc & WL_LATCH_SET)
 	{
 		ResetLatch(MyLatch);
@@ -233,7 +263,9 @@ ship_conninfo(const char *dbname, const char ***keys, const char ***vals,
 	opts = PQconninfoParse(source, &err);
 	if (opts == NULL)
 	{
-		*error = psprintf("invalid connection string: %s", err ? err : "out of memory");
+		/* libpq's message may quote part of a password: not repeated */
+		*error = pstrdup(err ? "apikeys.primary_conninfo (or primary_conninfo) is not a valid connection string" :
+						 "out of memory");
 		if (err)
 			PQfreemem(err);
 		return false;
@@ -306,7 +338,7 @@ ship_connect(const char *dbname)
 		ship_failed(error, NULL);
 		return SHIP_FAILED;
 	}
-	STATUS_UPDATE(strlcpy(status_slot->ship.target, target, SHIP_TEXT_LEN));
+	STATUS_UPDATE(status_text(status_slot->ship.target, target));
 	if (conn && conn_string && strcmp(conn_string, flat) == 0 &&
 		PQstatus(conn) == CONNECTION_OK)
 		return SHIP_OK;
@@ -340,7 +372,7 @@ ship_connect(const char *dbname)
 
 		r = wait_socket(status == PGRES_POLLING_READING ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE,
 						ms_until(deadline, GetCurrentTimestamp()), &ready);
-		if (r == SHIP_INTERRUPTED)
+		if (r == SHIP_INTERRUPTED || r == SHIP_PROMOTED)
 		{
 			ship_disconnect();
 			return r;
@@ -533,7 +565,7 @@ run_query(const char *sql, int nparams, const char *const *values, const char *w
 stopped:
 	if (last)
 		PQclear(last);
-	if (r == SHIP_INTERRUPTED)
+	if (r == SHIP_INTERRUPTED || r == SHIP_PROMOTED)
 		ship_disconnect();
 	else
 		ship_failed(what, "no answer within the timeout");
@@ -545,12 +577,15 @@ stopped:
  * last_used_done.  Any failure leaves the batch for the next attempt.
  */
 static ShipResult
-ship_batch(uint64 batch, const UsageDelta *deltas, int n, bool *matched, bool *last_used_done)
+ship_batch(uint64 batch, const UsageDelta *deltas, int n, bool *matched, bool *last_used_done,
+		   bool *applied, XLogRecPtr *commit_lsn)
 {
-	pg_uuid_t	source = usage_source();
+	pg_uuid_t	source = usage_batch_source(batch);
 	const char *values[8];
 	PGresult   *res;
 	ShipResult	r;
+	uint32		hi;
+	uint32		lo;
 
 	values[0] = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&source)));
 	values[1] = ship_source_name();
@@ -558,7 +593,7 @@ ship_batch(uint64 batch, const UsageDelta *deltas, int n, bool *matched, bool *l
 	for (int a = 0; a < 5; a++)
 		values[3 + a] = array_literal(deltas, n, a);
 
-	r = run_query("SELECT i, last_used_done FROM apikeys._usage_ship($1::pg_catalog.uuid,"
+	r = run_query("SELECT applied, i, last_used_done FROM apikeys._usage_ship($1::pg_catalog.uuid,"
 				  " $2::pg_catalog.text, $3::pg_catalog.int8, $4::pg_catalog.text[],"
 				  " $5::pg_catalog.date[], $6::pg_catalog.int8[], $7::pg_catalog.int8[],"
 				  " $8::pg_catalog.timestamptz[])",
@@ -568,9 +603,10 @@ ship_batch(uint64 batch, const UsageDelta *deltas, int n, bool *matched, bool *l
 
 	memset(matched, 0, sizeof(bool) * n);
 	memset(last_used_done, 0, sizeof(bool) * n);
+	*applied = true;
 	for (int row = 0; row < PQntuples(res); row++)
 	{
-		int			i = atoi(PQgetvalue(res, row, 0));
+		int			i = atoi(PQgetvalue(res, row, 1));
 
 		if (i < 1 || i > n)
 		{
@@ -578,11 +614,56 @@ ship_batch(uint64 batch, const UsageDelta *deltas, int n, bool *matched, bool *l
 			ship_failed("the primary answered an unknown counter", NULL);
 			return SHIP_FAILED;
 		}
+		*applied = (strcmp(PQgetvalue(res, row, 0), "t") == 0);
 		matched[i - 1] = true;
-		last_used_done[i - 1] = (strcmp(PQgetvalue(res, row, 1), "t") == 0);
+		last_used_done[i - 1] = (strcmp(PQgetvalue(res, row, 2), "t") == 0);
 	}
 	PQclear(res);
+
+	/* where the primary's WAL is now: past the commit that applied the batch */
+	r = run_query("SELECT pg_catalog.pg_current_wal_lsn()", 0, NULL,
+				  "could not read the primary's WAL position", &res);
+	if (r != SHIP_OK)
+		return r;
+	if (PQntuples(res) != 1 || sscanf(PQgetvalue(res, 0, 0), "%X/%X", &hi, &lo) != 2)
+	{
+		PQclear(res);
+		ship_failed("could not read the primary's WAL position", NULL);
+		return SHIP_FAILED;
+	}
+	PQclear(res);
+	*commit_lsn = ((uint64) hi << 32) | lo;
 	return SHIP_OK;
+}
+
+/*
+ * Waits until this standby has replayed lsn: only then is the batch's
+ * commit on the timeline this server would continue if promoted.  A
+ * promotion first makes the batch this server's to resolve.
+ */
+static ShipResult
+wait_replay(XLogRecPtr lsn)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), REPLAY_TIMEOUT_MS);
+
+	for (;;)
+	{
+		if (GetXLogReplayRecPtr(NULL) >= lsn && RecoveryInProgress())
+			return SHIP_OK;
+		if (promoting())
+			return SHIP_PROMOTED;
+		if (GetCurrentTimestamp() >= deadline)
+		{
+			ship_failed("this standby has not replayed the primary's commit of the batch",
+						"replay is paused or far behind");
+			return SHIP_FAILED;
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 10,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		if (ShutdownRequestPending || ProcDiePending)
+			return SHIP_INTERRUPTED;
+	}
 }
 
 /* ship_usage's rounds, on one connection. */
@@ -593,26 +674,50 @@ ship_rounds(Oid keys_relid, const char *dbname)
 	{
 		UsageDelta *deltas;
 		uint64		batch;
+		bool		resend;
 		int			n;
 		bool	   *matched;
 		bool	   *last_used_done;
+		bool		applied;
+		XLogRecPtr	lsn;
+		ShipResult	r;
 
 		if (!usage_pending(MyDatabaseId))
 			return true;
 		if (ship_connect(dbname) != SHIP_OK)
 			return false;
-		deltas = usage_ship_collect(MyDatabaseId, keys_relid, SHIP_BATCH_MAX, &batch, &n);
+		deltas = usage_ship_collect(MyDatabaseId, keys_relid, SHIP_BATCH_MAX, &batch, &resend, &n);
 		if (n == 0)
 			return true;
 		matched = palloc(sizeof(bool) * n);
 		last_used_done = palloc(sizeof(bool) * n);
 		pgstat_report_activity(STATE_RUNNING, "apikeys: ship usage");
-		if (ship_batch(batch, deltas, n, matched, last_used_done) != SHIP_OK)
+		r = ship_batch(batch, deltas, n, matched, last_used_done, &applied, &lsn);
+		if (r == SHIP_OK && !applied && !resend)
 		{
+			/*
+			 * The primary had a batch of this number, never sent before:
+			 * another server ships as this source (a data directory copied
+			 * with its shutdown dump).  This one takes a new source id; the
+			 * batch goes again under it.
+			 */
+			pg_uuid_t	old = usage_batch_source(batch);
+
+			usage_new_source();
+			usage_ship_unmark(MyDatabaseId);
+			ereport(WARNING,
+					(errmsg("apikeys: the primary already had batch " UINT64_FORMAT " of source %s, which this standby never sent",
+							batch, DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&old)))),
+					 errdetail("Another server ships usage under the same source id, likely a copy of this data directory."),
+					 errhint("This standby now ships under a new source id; its counts are kept.")));
 			pgstat_report_activity(STATE_IDLE, NULL);
-			return false;
+			continue;
 		}
+		if (r == SHIP_OK)
+			r = wait_replay(lsn);
 		pgstat_report_activity(STATE_IDLE, NULL);
+		if (r != SHIP_OK)
+			return false;
 		usage_ship_settle(MyDatabaseId, keys_relid, batch, deltas, matched, last_used_done, n);
 		ship_succeeded(batch, deltas, matched, n, false);
 		pfree(deltas);
@@ -640,8 +745,9 @@ void
 ship_resolve_body(void *arg)
 {
 	ShipResolve *rs = (ShipResolve *) arg;
-	pg_uuid_t	source = usage_source();
+	pg_uuid_t	source;
 	MemoryContext spi_cxt;
+	bool		resend;
 
 	rs->batch = 0;
 	rs->n = 0;
@@ -652,12 +758,13 @@ ship_resolve_body(void *arg)
 		return;
 	}
 	spi_cxt = MemoryContextSwitchTo(rs->cxt);
-	rs->deltas = usage_ship_collect(MyDatabaseId, rs->keys_relid, 0, &rs->batch, &rs->n);
+	rs->deltas = usage_ship_collect(MyDatabaseId, rs->keys_relid, 0, &rs->batch, &resend, &rs->n);
 	rs->matched = palloc(sizeof(bool) * Max(rs->n, 1));
 	rs->last_used_done = palloc(sizeof(bool) * Max(rs->n, 1));
 	MemoryContextSwitchTo(spi_cxt);
 	if (rs->batch == 0)
 		return;
+	source = usage_batch_source(rs->batch);
 	(void) usage_apply_batch(&source, ship_source_name(), rs->batch, rs->deltas, rs->n,
 							 rs->matched, rs->last_used_done);
 }

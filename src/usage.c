@@ -43,8 +43,9 @@
  * it at start.  After a crash the counts since the last flush are lost.
  *
  * On a hot standby the same table counts, and the standby's worker ships
- * the counts to the primary (ship.c).  There a full table never makes a
- * validation wait: the count is dropped and reported instead.
+ * the counts to the primary (ship.c).  There a full table makes a
+ * validation wait only while the worker ships successfully, and then for
+ * ROOM_WAIT_MS at most; otherwise the count is dropped and reported.
  */
 #include "postgres.h"
 
@@ -101,12 +102,12 @@ usage_shmem_startup(void)
 		ConditionVariableInit(&usage_shared->room);
 		pg_atomic_init_u64(&usage_shared->last_wait, 0);
 		/* a restored dump overrides these (usage_dump.c) */
-		if (!pg_strong_random(usage_shared->source.data, UUID_LEN))
-			elog(FATAL, "could not generate a random source id for apikeys");
-		usage_shared->source.data[6] = (usage_shared->source.data[6] & 0x0f) | 0x40;
-		usage_shared->source.data[8] = (usage_shared->source.data[8] & 0x3f) | 0x80;
+		usage_random_source(&usage_shared->source);
+		usage_shared->prev_source = usage_shared->source;
+		usage_shared->source_from = 1;
 		pg_atomic_init_u64(&usage_shared->next_batch, 1);
 		pg_atomic_init_u64(&usage_shared->dropped, 0);
+		pg_atomic_init_u32(&usage_shared->ship_ok, 1);
 	}
 
 	info.keysize = sizeof(UsageKey);
@@ -118,6 +119,17 @@ usage_shmem_startup(void)
 	/* the postmaster restores the last shutdown's counters and dumps at exit */
 	if (!IsUnderPostmaster)
 		usage_dump_setup(!found);
+}
+
+void
+usage_random_source(pg_uuid_t *source)
+{
+	if (!pg_strong_random(source->data, UUID_LEN))
+		ereport(ERROR,
+				(errmsg("could not generate a random source id for apikeys")));
+	/* a version 4 (random) UUID */
+	source->data[6] = (source->data[6] & 0x0f) | 0x40;
+	source->data[8] = (source->data[8] & 0x3f) | 0x80;
 }
 
 void
@@ -226,11 +238,14 @@ shared_add(const UsageKey *key, uint64 calls, uint64 rejected,
 		LWLockRelease(usage_shared->lock);
 
 		/*
-		 * A standby's counts leave only over the network: rather than make a
-		 * validation wait for a primary that may be down, the count is
-		 * dropped, and said so in apikey_standby_status().
+		 * A standby's counts leave only over the network: it waits for room
+		 * (once, at most ROOM_WAIT_MS) only while its worker ships; with the
+		 * primary out of reach, rather than make a validation wait on the
+		 * network, the count is dropped, and said so in
+		 * apikey_standby_status().
 		 */
-		if (RecoveryInProgress())
+		if (RecoveryInProgress() &&
+			(waited || pg_atomic_read_u32(&usage_shared->ship_ok) == 0))
 		{
 			pg_atomic_fetch_add_u64(&usage_shared->dropped, calls + rejected);
 			pg_atomic_write_u64(&usage_shared->last_wait, (uint64) GetCurrentTimestamp());

@@ -59,22 +59,32 @@ extern void usage_settle(Oid dbid, Oid keys_relid, TransactionId xid,
 /*
  * A hot standby's shipping (ship.c).  usage_ship_collect returns the batch
  * to send for database dbid: the unconfirmed batch again, exactly as it
- * was, if there is one; else a new batch number (*batch) marking up to max
+ * was, if there is one (*resend); else a new batch number (*batch) marking up to max
  * entries' counts (max 0: only an unconfirmed batch, else none, *batch 0).  Once the primary has applied it (or had already),
  * usage_ship_settle subtracts it, as usage_settle does for a flush.
  * usage_ship_unmark forgets dbid's batch marks without subtracting (the
  * batch was never applied anywhere).
  */
 extern UsageDelta *usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch,
-									  int *n);
+									  bool *resend, int *n);
 extern void usage_ship_settle(Oid dbid, Oid keys_relid, uint64 batch,
 							  const UsageDelta *deltas, const bool *matched,
 							  const bool *last_used_done, int n);
 extern void usage_ship_unmark(Oid dbid);
 
-/* This server's source id as a standby, and the counts it dropped as one. */
+/*
+ * This server's source id as a standby (usage_source: the current one;
+ * usage_batch_source: the one batch was sent as), and the counts it dropped
+ * as one.  usage_new_source replaces the source for batches numbered from
+ * now on (it was found to be shared).  usage_ship_health records whether
+ * the last ship worked (while it does, a full table waits a little).
+ */
 extern pg_uuid_t usage_source(void);
+extern pg_uuid_t usage_batch_source(uint64 batch);
+extern void usage_new_source(void);
+extern void usage_random_source(pg_uuid_t *source);
 extern uint64 usage_dropped(void);
+extern void usage_ship_health(bool ok);
 
 /* What dbid's counters hold that no flush or batch has written yet. */
 extern void usage_pending_counts(Oid dbid, int *keys, int64 *calls, int64 *rejected);

@@ -36,8 +36,9 @@ PG_FUNCTION_INFO_V1(apikeys_usage_ship);
  * retry).  last_used_at moves only when it is more than a minute behind,
  * so a busy key costs one row update a minute, not one a flush; it is set
  * only on rows nobody has locked, so a flush never waits for a user's
- * transaction (a locked row is retried).  Returns, for each counter found,
- * its ordinal and whether its last use was recorded.
+ * transaction (a locked row is retried); never later than now (a
+ * standby's clock may be ahead).  Returns, for each counter found, its
+ * ordinal and whether its last use was recorded.
  */
 static const char usage_apply_sql[] =
 "WITH d AS ("
@@ -55,7 +56,8 @@ static const char usage_apply_sql[] =
 "     rejected = u.rejected OPERATOR(pg_catalog.+) excluded.rejected),"
 " stale AS ("
 " SELECT m.key_id, m.last_used"
-" FROM (SELECT d.key_id, pg_catalog.max(d.last_used) AS last_used FROM d"
+" FROM (SELECT d.key_id,"
+"        LEAST(pg_catalog.max(d.last_used), pg_catalog.now()) AS last_used FROM d"
 "       WHERE d.last_used IS NOT NULL GROUP BY d.key_id) m"
 " JOIN apikeys.keys k ON k.id OPERATOR(pg_catalog.=) m.key_id"
 " WHERE k.last_used_at IS NULL"
@@ -259,7 +261,11 @@ check_array(ArrayType *arr, const char *argname, int n, bool nulls_ok)
 				 errmsg("%s must not contain nulls", argname)));
 }
 
-/* Checks that an int8 array (no nulls) holds no negative count. */
+/*
+ * Checks that an int8 array (no nulls) holds counts a standby sends: from 0
+ * to 2^32-1 each (what one flush of an entry takes), so that no batch can
+ * make the usage table's sums overflow and stop every flush.
+ */
 static void
 check_counts(ArrayType *arr, const char *argname)
 {
@@ -268,17 +274,40 @@ check_counts(ArrayType *arr, const char *argname)
 
 	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, NULL, &nelems);
 	for (int i = 0; i < nelems; i++)
-		if (DatumGetInt64(elems[i]) < 0)
+		if (DatumGetInt64(elems[i]) < 0 || DatumGetInt64(elems[i]) > (int64) PG_UINT32_MAX)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s must not contain negative counts", argname)));
+					 errmsg("%s must hold counts from 0 to %u", argname, PG_UINT32_MAX)));
+}
+
+/* Checks that days and last uses are finite (infinity would stay for good). */
+static void
+check_finite(ArrayType *days, ArrayType *last_used)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+
+	deconstruct_array(days, DATEOID, sizeof(DateADT), true, TYPALIGN_INT, &elems, NULL, &nelems);
+	for (int i = 0; i < nelems; i++)
+		if (DATE_NOT_FINITE(DatumGetDateADT(elems[i])))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("days must be finite")));
+	deconstruct_array(last_used, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems,
+					  &nulls, &nelems);
+	for (int i = 0; i < nelems; i++)
+		if (!nulls[i] && TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(elems[i])))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("last_used must be finite")));
 }
 
 /*
  * apikeys._usage_ship(source, standby, batch, key_ids, days, calls,
- * rejected, last_used): a standby's batch, applied once.  Returns the
- * ordinal of each counter whose key exists and whether its last use was
- * recorded.
+ * rejected, last_used): a standby's batch, applied once.  Returns, for
+ * each counter whose key exists, whether the batch was applied now (false:
+ * it had been before), its ordinal and whether its last use was recorded.
  */
 Datum
 apikeys_usage_ship(PG_FUNCTION_ARGS)
@@ -290,6 +319,7 @@ apikeys_usage_ship(PG_FUNCTION_ARGS)
 	int			n;
 	bool	   *matched;
 	bool	   *last_used_done;
+	bool		applied;
 
 	if (batch < 1)
 		ereport(ERROR,
@@ -303,6 +333,7 @@ apikeys_usage_ship(PG_FUNCTION_ARGS)
 	check_array(PG_GETARG_ARRAYTYPE_P(7), "last_used", n, true);
 	check_counts(PG_GETARG_ARRAYTYPE_P(5), "calls");
 	check_counts(PG_GETARG_ARRAYTYPE_P(6), "rejected");
+	check_finite(PG_GETARG_ARRAYTYPE_P(4), PG_GETARG_ARRAYTYPE_P(7));
 	for (int a = 0; a < 5; a++)
 		arrays[a] = PG_GETARG_DATUM(3 + a);
 
@@ -311,19 +342,20 @@ apikeys_usage_ship(PG_FUNCTION_ARGS)
 	last_used_done = palloc(sizeof(bool) * Max(n, 1));
 
 	SPI_connect();
-	(void) apply_batch(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), batch, arrays, n,
-					   matched, last_used_done);
+	applied = apply_batch(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), batch, arrays, n,
+						  matched, last_used_done);
 	SPI_finish();
 
 	for (int i = 0; i < n; i++)
 	{
-		Datum		values[2];
-		bool		nulls[2] = {false, false};
+		Datum		values[3];
+		bool		nulls[3] = {false, false, false};
 
 		if (!matched[i])
 			continue;
-		values[0] = Int32GetDatum(i + 1);
-		values[1] = BoolGetDatum(last_used_done[i]);
+		values[0] = BoolGetDatum(applied);
+		values[1] = Int32GetDatum(i + 1);
+		values[2] = BoolGetDatum(last_used_done[i]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

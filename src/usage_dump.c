@@ -47,6 +47,8 @@ typedef struct UsageDumpEntry
 typedef struct UsageDumpShipping
 {
 	pg_uuid_t	source;
+	pg_uuid_t	prev_source;
+	uint64		source_from;
 	uint64		next_batch;
 	uint64		dropped;
 } UsageDumpShipping;
@@ -100,6 +102,8 @@ usage_shmem_shutdown(int code, Datum arg)
 	count = (int32) hash_get_num_entries(usage_hash);
 	memset(&shipping, 0, sizeof(shipping));
 	shipping.source = usage_shared->source;
+	shipping.prev_source = usage_shared->prev_source;
+	shipping.source_from = usage_shared->source_from;
 	shipping.next_batch = pg_atomic_read_u64(&usage_shared->next_batch);
 	shipping.dropped = pg_atomic_read_u64(&usage_shared->dropped);
 	if (fwrite(header, sizeof(header), 1, file) != 1 ||
@@ -184,6 +188,8 @@ usage_load(void)
 	{
 		/* the same source, so that the primary knows a batch sent again */
 		usage_shared->source = shipping.source;
+		usage_shared->prev_source = shipping.prev_source;
+		usage_shared->source_from = shipping.source_from;
 		pg_atomic_write_u64(&usage_shared->next_batch, shipping.next_batch);
 		pg_atomic_write_u64(&usage_shared->dropped, shipping.dropped);
 	}

@@ -256,7 +256,7 @@ usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *delt
 }
 
 UsageDelta *
-usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch, int *n)
+usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch, bool *resend, int *n)
 {
 	HASH_SEQ_STATUS seq;
 	UsageEntry *entry;
@@ -284,6 +284,7 @@ usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch, int *n)
 		deltas[count].last_used = 0;
 		count++;
 	}
+	*resend = (unconfirmed != 0);
 	if (unconfirmed != 0 || max == 0)
 	{
 		LWLockRelease(usage_shared->lock);
@@ -349,7 +350,46 @@ usage_ship_unmark(Oid dbid)
 pg_uuid_t
 usage_source(void)
 {
-	return usage_shared->source;
+	pg_uuid_t	source;
+
+	LWLockAcquire(usage_shared->lock, LW_SHARED);
+	source = usage_shared->source;
+	LWLockRelease(usage_shared->lock);
+	return source;
+}
+
+pg_uuid_t
+usage_batch_source(uint64 batch)
+{
+	pg_uuid_t	source;
+
+	LWLockAcquire(usage_shared->lock, LW_SHARED);
+	source = batch >= usage_shared->source_from ? usage_shared->source :
+		usage_shared->prev_source;
+	LWLockRelease(usage_shared->lock);
+	return source;
+}
+
+void
+usage_new_source(void)
+{
+	pg_uuid_t	fresh;
+
+	usage_random_source(&fresh);
+	LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
+	usage_shared->prev_source = usage_shared->source;
+	usage_shared->source = fresh;
+	usage_shared->source_from = pg_atomic_read_u64(&usage_shared->next_batch);
+	LWLockRelease(usage_shared->lock);
+}
+
+void
+usage_ship_health(bool ok)
+{
+	pg_atomic_write_u32(&usage_shared->ship_ok, ok ? 1 : 0);
+	/* validations waiting for room drop their counts now */
+	if (!ok)
+		ConditionVariableBroadcast(&usage_shared->room);
 }
 
 uint64

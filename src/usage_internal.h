@@ -48,10 +48,20 @@ typedef struct UsageShared
 	LWLock	   *lock;
 	ConditionVariable room;		/* broadcast when entries are removed */
 	pg_atomic_uint64 last_wait; /* when a backend last waited for room */
-	/* a standby's shipping (ship.c): who it is to the primary, and its next batch */
-	pg_uuid_t	source;			/* random at first start, kept by the dump */
+	/*
+	 * A standby's shipping (ship.c): who it is to the primary (random at
+	 * first start, kept by the dump), and its next batch number.  Batches
+	 * numbered from source_from on go as source, earlier ones as
+	 * prev_source: a source found to be shared (a copied data directory) is
+	 * replaced, but a batch already sent keeps the one it was sent as.
+	 * Written under the exclusive lock.
+	 */
+	pg_uuid_t	source;
+	pg_uuid_t	prev_source;
+	uint64		source_from;
 	pg_atomic_uint64 next_batch;
 	pg_atomic_uint64 dropped;	/* counts a standby could not keep (table full) */
+	pg_atomic_uint32 ship_ok;	/* the last ship attempt worked */
 } UsageShared;
 
 extern UsageShared *usage_shared;

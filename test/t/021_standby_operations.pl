@@ -1,7 +1,8 @@
 # 021_standby_operations.pl -- a hot standby's worker among the things an
 # operator does (SPEC 13, issue 15).
 #
-# 1. A standby whose counter table is full while it cannot ship.
+# 1. A standby whose counter table is full: while it ships, validations
+# wait for room (briefly) and nothing is dropped; while it cannot ship.
 # A primary makes a validation wait for a flush when every counter entry
 # holds unflushed counts; a standby's counts leave only over the network, so
 # there a validation must never wait: the counts that find no room are
@@ -12,6 +13,14 @@
 # shipping connection must not hold a session there between intervals (the
 # DROP would fail), and the standby's worker must leave the database when
 # the DROP is replayed (replay waits for every session in it).
+#
+# 3. Two standbys from one data directory copied cold (with its shutdown
+# dump, hence its source id): the primary must not take the second one's
+# batches for the first one's, answered as already applied.
+#
+# 4. Promotion while a batch is on its way to the old primary, which is
+# still running: the batch commits there after the promotion, on a
+# timeline the promoted server never sees; it must count there anyway.
 use strict;
 use warnings;
 
@@ -25,6 +34,7 @@ use Test::More;
 use Time::HiRes qw(time);
 
 my $db = 'postgres';
+my $out;
 my $primary = PostgreSQL::Test::Cluster->new('primary');
 $primary->init(allows_streaming => 1);
 $primary->append_conf('postgresql.conf', join("\n",
@@ -39,20 +49,35 @@ $standby->append_conf('postgresql.conf', 'apikeys.max_tracked_keys = 100');
 $standby->start;
 
 my @keys = create_keys($primary, $db, 'full', 150);
+sql($primary, $db, q{CREATE TABLE public.busy_keys AS
+	SELECT g AS n, k.key FROM generate_series(1, 150) AS g,
+	LATERAL apikeys.apikey_create(owner => 'busy', name => 'busy ' || g) AS k});
 $primary->wait_for_catchup($standby);
+
+# with the primary reachable, a full table waits for the worker to ship
+# (as a primary's waits for a flush), and drops nothing
+$out = sql($standby, $db, q{
+	SELECT count(*) FILTER (WHERE (apikeys.apikey_validate(t.key)).valid)
+	  FROM (SELECT key FROM public.busy_keys ORDER BY n) t});
+is($out, '150', '150 distinct keys validate on a standby that tracks 100');
+is(sql($standby, $db, 'SELECT dropped_calls FROM apikeys.apikey_standby_status()'), '0',
+	'with its primary reachable, the standby drops none of them');
+is(sql($standby, $db, 'SELECT apikeys.flush_usage()'), 't', 'and ships them');
+is(sql($primary, $db, q{SELECT sum(u.calls) FROM apikeys.usage u JOIN apikeys.keys k ON k.id = u.key_id
+	WHERE k.owner = 'busy'}), '150', 'the primary has all 150');
 
 # the standby cannot ship: its primary is down
 $primary->stop('fast');
 
 # 150 distinct keys, one validation each, in one session: none may wait
 my $t0 = time;
-my $out = sql($standby, $db, q{
+$out = sql($standby, $db, q{
 	SELECT count(*) FILTER (WHERE (apikeys.apikey_validate(t.key)).valid)
 	  FROM (SELECT key FROM public.test_keys ORDER BY n) t});
 my $took = time - $t0;
 is($out, '150', 'the standby answers all 150 validations with its primary down');
-# waiting for room would take a second per count that finds none (50 s)
-cmp_ok($took, '<', 25, sprintf('and none waits for room (all 150 took %.2fs)', $took));
+# waiting for room each time would take a second per count that finds none
+cmp_ok($took, '<', 25, sprintf('and they do not wait on the unreachable primary (all 150 took %.2fs)', $took));
 
 my $status = sql($standby, $db, q{
 	SELECT pending_keys || ' ' || pending_calls || ' ' || dropped_calls
@@ -71,15 +96,16 @@ $primary->start;
 my $done = wait_until($standby, $db,
 	'SELECT pending_calls FROM apikeys.apikey_standby_status()', '0', 60);
 ok(defined $done, 'the kept counts are shipped once the primary is back');
-is(sql($primary, $db, 'SELECT sum(calls) FROM apikeys.usage'), '130',
+my $full_usage = q{FROM apikeys.usage u JOIN apikeys.keys k ON k.id = u.key_id WHERE k.owner = 'full'};
+is(sql($primary, $db, "SELECT sum(calls) $full_usage"), '130',
 	'the primary has the 130 kept calls');
-is(sql($primary, $db, 'SELECT count(*) FROM apikeys.usage'), '100',
+is(sql($primary, $db, "SELECT count(*) $full_usage"), '100',
 	'for the 100 key-days that found room');
 
 # with room again, new key-days are counted
 sql($standby, $db, 'SELECT apikeys.apikey_validate(key) FROM public.test_keys WHERE n > 140');
 is(sql($standby, $db, 'SELECT apikeys.flush_usage()'), 't', 'flush_usage() on the standby ships');
-is(sql($primary, $db, 'SELECT sum(calls) FROM apikeys.usage'), '140',
+is(sql($primary, $db, "SELECT sum(calls) $full_usage"), '140',
 	'the primary has the new 10 calls too');
 
 # ---------------------------------------------------------------------------
@@ -106,6 +132,68 @@ ok(defined $done, sprintf('the standby replays the DROP (%.2fs): its worker left
 is(sql($standby, $db, "SELECT count(*) FROM pg_database WHERE datname = 'shipped'"), '0',
 	'the database is gone on the standby too');
 is(validate_n($standby, $db, $keys[0][1], 1), 'valid', 'the standby goes on validating elsewhere');
+
+# ---------------------------------------------------------------------------
+# 3. Two standbys from one cold copy: one source id, found out
+# ---------------------------------------------------------------------------
+# nothing pending at the stop, so that neither ships before the check below
+is(sql($standby, $db, 'SELECT apikeys.flush_usage()'), 't', 'the standby has shipped everything');
+my $source = sql($standby, $db, 'SELECT source FROM apikeys.apikey_standby_status()');
+$standby->stop('fast');
+$standby->backup_fs_cold('cold');
+my $twin = PostgreSQL::Test::Cluster->new('twin');
+# the copy keeps the standby's settings: it streams from the primary too
+$twin->init_from_backup($standby, 'cold');
+$standby->start;
+$twin->start;
+is(sql($standby, $db, 'SELECT source FROM apikeys.apikey_standby_status()'), $source,
+	'the standby keeps its source id across the restart');
+is(sql($twin, $db, 'SELECT source FROM apikeys.apikey_standby_status()'), $source,
+	'and its cold copy starts with the same one');
+my ($twin_id, $twin_key) = create_key($primary, $db, 'twins', 'twin key');
+$primary->wait_for_catchup($standby);
+$primary->wait_for_catchup($twin);
+for my $round (1 .. 3)
+{
+	validate_n($standby, $db, $twin_key, 10);
+	is(sql($standby, $db, 'SELECT apikeys.flush_usage()'), 't', "round $round: the standby ships");
+	validate_n($twin, $db, $twin_key, 7);
+	is(sql($twin, $db, 'SELECT apikeys.flush_usage()'), 't', "round $round: its twin ships");
+}
+is(sql($primary, $db, "SELECT sum(calls) FROM apikeys.usage WHERE key_id = '$twin_id'"), '51',
+	'the primary has every call of both (3 x 10 + 3 x 7)');
+isnt(sql($twin, $db, 'SELECT source FROM apikeys.apikey_standby_status()'),
+	sql($standby, $db, 'SELECT source FROM apikeys.apikey_standby_status()'),
+	'one of them took a new source id');
+ok(slurp_file($standby->logfile) . slurp_file($twin->logfile)
+	  =~ /WARNING:  apikeys: the primary already had batch \d+ of source/,
+	'and said why, with a WARNING');
+$twin->stop('fast');
+
+# ---------------------------------------------------------------------------
+# 4. Promotion while a batch waits on the old primary
+# ---------------------------------------------------------------------------
+my ($p_id, $p_key) = create_key($primary, $db, 'switch', 'in flight');
+$primary->wait_for_catchup($standby);
+# the old primary holds the batches' bookkeeping row of every standby
+my $holder = start_psql($primary, $db,
+	'BEGIN; SELECT 1 FROM apikeys.standby_batches FOR UPDATE; SELECT pg_sleep(6); COMMIT;');
+is(validate_n($standby, $db, $p_key, 10), 'valid', 'ten validations on the standby');
+$done = wait_until($primary, $db, q{SELECT count(*) FROM pg_stat_activity
+	WHERE application_name = 'apikeys usage shipping' AND wait_event_type = 'Lock'}, '1', 30);
+ok(defined $done, 'their batch waits on the old primary');
+$standby->promote;
+my ($hok) = finish_psql($holder);
+ok($hok, 'the old primary lets the batch commit, after the promotion');
+$done = wait_until($primary, $db,
+	"SELECT coalesce(sum(calls), 0) FROM apikeys.usage WHERE key_id = '$p_id'", '10', 30);
+ok(defined $done, 'the old primary applied the batch (on its own timeline)');
+is(sql($standby, $db, 'SELECT apikeys.flush_usage()'), 't', 'the promoted server flushes');
+is(sql($standby, $db, "SELECT coalesce(sum(calls), 0) FROM apikeys.usage WHERE key_id = '$p_id'"),
+	'10', 'and has the ten calls: a batch confirmed after promotion is not lost');
+sleep(1);
+is(sql($standby, $db, "SELECT coalesce(sum(calls), 0) FROM apikeys.usage WHERE key_id = '$p_id'"),
+	'10', 'once');
 
 check_no_crash($standby);
 done_testing();
