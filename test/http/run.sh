@@ -13,7 +13,9 @@
 # nginx, the credits checks of test/http/credits.sh against the metered
 # endpoint of examples/postgrest/verify.sql (loaded before PostgREST
 # starts), and the rate-limit checks of test/http/ratelimits.sh (429, the
-# RateLimit-* headers). Most checks are rows of request tables (see
+# RateLimit-* headers), then the hot standby example examples/replica/
+# (test/http/replica.sh: a primary, a standby, a PostgREST for each, nginx
+# sending reads to the standby). Most checks are rows of request tables (see
 # run_table). One line per check ("ok - ..." / "not ok - ..."), then
 # "N passed, N failed" alone on the last line; exits non-zero on any
 # failure. PostgREST, nginx and the cluster are stopped by their pids at the
@@ -517,6 +519,11 @@ source "$ROOT/test/http/credits.sh"
 
 # shellcheck source=test/http/ratelimits.sh
 source "$ROOT/test/http/ratelimits.sh"
+
+# ---------------------------------------------------------------- hot standbys (issue 15)
+
+# shellcheck source=test/http/replica.sh
+source "$ROOT/test/http/replica.sh"
 
 # ---------------------------------------------------------------- logs
 
