@@ -13,12 +13,13 @@
 
 CREDIT_KEYS=()
 
-# mint OWNER NAME SCOPE -- a key from SQL, remembered for the log check.
+# credit_mint VAR OWNER NAME SCOPE -- a key from SQL into VAR, remembered for the log
+# check (not in a command substitution: the array would not keep it).
 credit_mint() {
-	local k
-	k=$(sql "SELECT key FROM apikeys.apikey_create('$1', '$2', scope => '$3')")
+	local var=$1 k
+	k=$(sql "SELECT key FROM apikeys.apikey_create('$2', '$3', scope => '$4')")
 	CREDIT_KEYS+=("$k")
-	echo "$k"
+	printf -v "$var" '%s' "$k"
 }
 
 # balance OWNER CREDIT -- apikey_credits(OWNER) ->> CREDIT, or "none".
@@ -39,10 +40,10 @@ expect_balance() {
 
 # An owner of its own, with no balance yet: a full key, a verify key, a
 # read-only key and a verify key that will get a quota.
-APEX=$(credit_mint apexco 'apex full' full)
-APEX_VERIFY=$(credit_mint apexco 'apex email service' verify)
-APEX_RO=$(credit_mint apexco 'apex dashboard' read-only)
-APEX_QUOTA=$(credit_mint apexco 'apex capped' verify)
+credit_mint APEX apexco 'apex full' full
+credit_mint APEX_VERIFY apexco 'apex email service' verify
+credit_mint APEX_RO apexco 'apex dashboard' read-only
+credit_mint APEX_QUOTA apexco 'apex capped' verify
 for k in APEX APEX_VERIFY APEX_RO APEX_QUOTA; do
 	[[ ${!k} =~ ^ak_[0-9A-Za-z]+$ ]] || bail "credit keys minted with apikey_create" "$k: '${!k}'"
 done
@@ -109,7 +110,7 @@ EOT
 expect_balance "verify: ... and it cost 1 (995)" apexco email_credit 995
 
 # No balance, then a balance of 1 spent: 402 with a JSON body, nothing taken.
-POOR=$(credit_mint pennyless 'poor email service' verify)
+credit_mint POOR pennyless 'poor email service' verify
 run_table <<EOT
 POST | /v1/verify/email | POOR | {"email": "jane@example.com"} | 402 | verify: an owner without email_credit -> 402 with {code,message,details,hint} | ERR && .code == "PT402" and .message == "not enough email_credit"
 header | ^content-type: application/json | | | | verify: the 402 is application/json |
@@ -139,7 +140,7 @@ EOT
 expect_balance "quota: the owner paid for the two 200s only (995 -> 993)" apexco email_credit 993
 
 # 30 concurrent requests over a balance of 20: exactly 20 pass.
-BURST=$(credit_mint burstco 'burst email service' verify)
+credit_mint BURST burstco 'burst email service' verify
 sql "SELECT apikeys.apikey_credit_add('burstco', 'email_credit', 20)" >/dev/null
 pids=()
 for ((i = 0; i < 30; i++)); do

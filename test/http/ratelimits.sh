@@ -16,12 +16,13 @@
 
 RL_KEYS=()
 
-# rl_mint OWNER NAME SCOPE -- a key from SQL, remembered for the log check.
+# rl_mint VAR OWNER NAME SCOPE -- a key from SQL into VAR, remembered for the log
+# check (not in a command substitution: the array would not keep it).
 rl_mint() {
-	local k
-	k=$(sql "SELECT key FROM apikeys.apikey_create('$1', '$2', scope => '$3')")
+	local var=$1 k
+	k=$(sql "SELECT key FROM apikeys.apikey_create('$2', '$3', scope => '$4')")
 	RL_KEYS+=("$k")
-	echo "$k"
+	printf -v "$var" '%s' "$k"
 }
 
 # rl_header NAME -- the value of header NAME in the last response (empty if absent).
@@ -82,8 +83,8 @@ rl_verify() {
 # ---------------------------------------------------------------- a key's limit
 
 # Owner rlkeyco: a key limited to 3 per hour, and a sibling without a limit.
-RL=$(rl_mint rlkeyco 'limited 3/h' verify)
-RL_FREE=$(rl_mint rlkeyco 'no limit' verify)
+rl_mint RL rlkeyco 'limited 3/h' verify
+rl_mint RL_FREE rlkeyco 'no limit' verify
 RL_ID=$(sql "SELECT key_id FROM apikeys.apikey_validate('$RL')")
 sql "SELECT apikeys.apikey_ratelimit_set('hourly', 3, '1 hour', key_id => '$RL_ID')" >/dev/null
 expect_sql "ratelimit: apikey_ratelimit_set('hourly', 3, '1 hour', key_id) shows in apikey_ratelimits" \
@@ -110,7 +111,7 @@ expect_no_rl "ratelimit: ... on GET /v1/api-keys either" 200
 
 # The other pre-request routes carry them too: a 403 is decided before the
 # limits (nothing counted), a 200 on another path counts.
-RL_LIST=$(rl_mint rlkeyco 'limited reader' read-only)
+rl_mint RL_LIST rlkeyco 'limited reader' read-only
 RL_LIST_ID=$(sql "SELECT key_id FROM apikeys.apikey_validate('$RL_LIST')")
 sql "SELECT apikeys.apikey_ratelimit_set('burst', 2, '1 hour', key_id => '$RL_LIST_ID')" >/dev/null
 req POST /v1/api-keys -H "X-API-Key: $RL_LIST" -H "Content-Type: application/json" -d '{"name": "x", "scope": "read-only"}'
@@ -125,8 +126,8 @@ expect_429 "ratelimit: ... the next GET /v1/api-keys -> 429" 2
 # ---------------------------------------------------------------- an owner's limit
 
 # Owner rlshared: 4 per hour for all its keys; key A also has 1 per hour of its own.
-RL_A=$(rl_mint rlshared 'shared a' verify)
-RL_B=$(rl_mint rlshared 'shared b' verify)
+rl_mint RL_A rlshared 'shared a' verify
+rl_mint RL_B rlshared 'shared b' verify
 RL_A_ID=$(sql "SELECT key_id FROM apikeys.apikey_validate('$RL_A')")
 sql "SELECT apikeys.apikey_ratelimit_set('account', 4, '1 hour', owner => 'rlshared')" \
 	"SELECT apikeys.apikey_ratelimit_set('own', 1, '1 hour', key_id => '$RL_A_ID')" >/dev/null
@@ -142,7 +143,7 @@ rl_get "$RL_B"
 expect_rl "owner limit: key B -> 200, Remaining: 0" 200 4 0 object
 rl_get "$RL_B"
 expect_429 "owner limit: key B's 4th -> 429: the owner's 4 per hour are spent (1 by A, 3 by B)" 4
-RL_C=$(rl_mint rlshared 'shared c, minted later' verify)
+rl_mint RL_C rlshared 'shared c, minted later' verify
 rl_get "$RL_C"
 expect_429 "owner limit: a key of the owner minted afterwards -> 429 at once (the limit is the owner's)" 4
 rl_get "$RL_FREE"
@@ -151,7 +152,7 @@ expect_no_rl "owner limit: another owner's key without limits is not affected ->
 # ---------------------------------------------------------------- metered requests
 
 # Owner rlmeter: 2 email_credit and a key limited to 3 per hour.
-RL_METER=$(rl_mint rlmeter 'limited email service' verify)
+rl_mint RL_METER rlmeter 'limited email service' verify
 RL_METER_ID=$(sql "SELECT key_id FROM apikeys.apikey_validate('$RL_METER')")
 sql "SELECT apikeys.apikey_credit_add('rlmeter', 'email_credit', 2)" \
 	"SELECT apikeys.apikey_ratelimit_set('hourly', 3, '1 hour', key_id => '$RL_METER_ID')" >/dev/null
