@@ -28,7 +28,11 @@
 # PostgREST GET of your own table, examples/todo (apikeys.pre_request and a
 # row-level security policy by apikeys.current_owner()), vs the same GET of
 # an anonymous twin table (no pre-request, no RLS, the owner as a filter in
-# the query string: the same rows and JSON), through nginx.
+# the query string: the same rows and JSON), through nginx; 12 (issue 15)
+# apikey_validate on a streaming hot standby of the bench cluster vs on the
+# primary, the same 8 hot keys and scripts as figure 1 (the standby is made by
+# pg_basebackup -R after loading, caught up before measuring, stopped and
+# removed right after its rounds, or at exit).
 #
 # Data:
 #   bench            10,000 keys made by apikey_create (10 per owner); the
@@ -48,7 +52,7 @@
 #   BENCH_ROUNDS=5       rounds per group (figure 7: at most 3)
 #   BENCH_WARMUP=1       seconds of warm-up per variant (0: none)
 #   BENCH_BIG_KEYS=1000000  size of the big key set
-#   BENCH_FIGURES="1 2 3 4 5 6 7 8 9 10 11"  the figures to measure (others are not loaded)
+#   BENCH_FIGURES="1 2 3 4 5 6 7 8 9 10 11 12"  the figures to measure (others are not loaded)
 #   BENCH_SKIP_HTTP=1    skip figures 5 and 8 (reported as n/a)
 #   SKIP_SETUP=1         do not run test/setup.sh (already built and installed)
 #   KEEP_BENCH_DIR=1     keep the scratch directory (logs, scripts)
@@ -78,7 +82,7 @@ CLIENTS=4
 THREADS=2
 WRK_ARGS=(-t2 -c8)
 BULK_ROWS=20000         # figure 7
-FIGURES=${BENCH_FIGURES:-1 2 3 4 5 6 7 8 9 10 11}
+FIGURES=${BENCH_FIGURES:-1 2 3 4 5 6 7 8 9 10 11 12}
 
 SCRATCH=""
 NGINX_PID=""
@@ -406,7 +410,7 @@ EOF
 
 # ---------------------------------------------------------------- measuring
 
-declare -A V_KIND=() V_DB=() V_ARGS=() V_ENV=() V_URL=() V_HDR=() V_DESC=() RUNS=() MED=()
+declare -A V_KIND=() V_DB=() V_ARGS=() V_ENV=() V_PORT=() V_URL=() V_HDR=() V_DESC=() RUNS=() MED=()
 
 # script NAME TEXT -- write a pgbench script file, print its path.
 script() {
@@ -429,21 +433,23 @@ hot_scripts() {
 	echo "$args"
 }
 
-# pgbench_variant LABEL DB ARGS DESC [PGOPTIONS]
+# pgbench_variant LABEL DB ARGS DESC [PGOPTIONS [PORT]] -- PORT: another
+# server on the same socket directory (figure 12's standby), else PORT's.
 pgbench_variant() {
 	V_KIND[$1]=pgbench
 	V_DB[$1]=$2
 	V_ARGS[$1]=$3
 	V_DESC[$1]=$4
 	V_ENV[$1]=${5:-}
+	V_PORT[$1]=${6:-$PORT}
 }
 
-# server_ready -- wait up to 60 s for the server to accept connections (it
-# restarts by itself after a crash).
+# server_ready [PORT] -- wait up to 60 s for the server to accept connections
+# (it restarts by itself after a crash).
 server_ready() {
 	local i
 	for ((i = 0; i < 600; i++)); do
-		as_pg pg_isready -q -h "$SCRATCH" -p "$PORT" -d postgres && return 0
+		as_pg pg_isready -q -h "$SCRATCH" -p "${1:-$PORT}" -d postgres && return 0
 		sleep 0.1
 	done
 	return 1
@@ -464,12 +470,13 @@ check_crashes() {
 # measure LABEL SECONDS TAG -- one run; prints its throughput, nothing on failure.
 measure() {
 	local label=$1 secs=$2 log=$SCRATCH/logs/$1.$3.log rc
-	server_ready || { echo "---- $label: the server is not accepting connections" >&2; return 1; }
+	local port=${V_PORT[$label]:-$PORT}
+	server_ready "$port" || { echo "---- $label: the server is not accepting connections" >&2; return 1; }
 	if [[ ${V_KIND[$label]} == pgbench ]]; then
 		local -a args
 		read -r -a args <<<"${V_ARGS[$label]}"
 		as_pg env PGOPTIONS="${V_ENV[$label]}" pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" \
-			-T "$secs" -h "$SCRATCH" -p "$PORT" -U postgres "${args[@]}" "${V_DB[$label]}" >"$log" 2>&1
+			-T "$secs" -h "$SCRATCH" -p "$port" -U postgres "${args[@]}" "${V_DB[$label]}" >"$log" 2>&1
 		rc=$?
 		local failed
 		failed=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$log")
@@ -973,6 +980,110 @@ bench_create() {
 	check_crashes "figure 7"
 }
 
+# ---------------------------------------------------------------- figure 12
+
+STANDBY_PORT=$((PORT + 1))
+STANDBY_DATA=""
+STANDBY_REASON=""
+
+# sql_standby DB SQL -- the single value SQL returns on figure 12's standby.
+sql_standby() { psql_at "$SCRATCH" "$STANDBY_PORT" "$1" -At -c "$2"; }
+
+# stop_standby -- stop figure 12's standby if it runs and remove its data
+# directory (right after its rounds, and at exit: harmless twice).
+stop_standby() {
+	[[ -n $STANDBY_DATA ]] || return 0
+	pg_cluster_stop "$STANDBY_DATA"
+	rm -rf "$STANDBY_DATA"
+	STANDBY_DATA=""
+}
+
+# start_standby -- figure 12: a streaming hot standby of the bench cluster,
+# made by pg_basebackup -R as PG_USER over the Unix socket (a fast
+# checkpoint, the WAL streamed along) into SCRATCH/standby.  It has the
+# primary's settings (apikeys_bench.conf comes along, with the preload) and,
+# after them, apikeys_standby.conf: its own port, hot_standby = on, a
+# cluster_name.  It must then accept connections, stream from the primary
+# and have replayed all the WAL the primary had written once it was up (the
+# loaded keys), within 120 s; the 8 hot keys must validate on it.  False,
+# with STANDBY_REASON, if any of that fails.
+start_standby() {
+	local data=$SCRATCH/standby log=$SCRATCH/logs/standby.log target i state="" ok
+	STANDBY_DATA=$data
+	at_exit stop_standby
+	if ! as_pg pg_basebackup -D "$data" -R -X stream -c fast -h "$SCRATCH" -p "$PORT" -U "$PG_SUPER" \
+		>"$SCRATCH/logs/pg_basebackup.log" 2>&1; then
+		STANDBY_REASON="pg_basebackup failed: $(tail -n 3 "$SCRATCH/logs/pg_basebackup.log" | tr '\n' ' ')"
+		return 1
+	fi
+	if [[ ! -f $data/standby.signal ]] || ! grep -q '^primary_conninfo' "$data/postgresql.auto.conf"; then
+		STANDBY_REASON="pg_basebackup -R wrote no standby.signal or primary_conninfo"
+		return 1
+	fi
+	if ! pg_cluster_config "$data" apikeys_standby.conf "$STANDBY_PORT" "$SCRATCH" \
+		"hot_standby = on" "cluster_name = 'bench_standby'"; then
+		STANDBY_REASON="could not write the standby's configuration"
+		return 1
+	fi
+	if ! pg_cluster_start "$data" "$log" 120; then
+		STANDBY_REASON="the standby did not start (log: $(tail -n 3 "$log" | tr '\n' ' '))"
+		return 1
+	fi
+	target=$(sql_value postgres "SELECT pg_current_wal_lsn()") || {
+		STANDBY_REASON="pg_current_wal_lsn() failed on the primary"
+		return 1
+	}
+	for ((i = 0; i < 1200; i++)); do
+		state=$(sql_standby postgres "SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() >= '$target'::pg_lsn" 2>/dev/null)/$(
+			sql_value postgres "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'" 2>/dev/null)
+		[[ $state == t/1 ]] && break
+		sleep 0.1
+	done
+	if [[ $state != t/1 ]]; then
+		STANDBY_REASON="the standby did not stream and replay up to $target within 120 s (in recovery and caught up / streaming senders: $state)"
+		return 1
+	fi
+	ok=$(sql_standby bench "SELECT count(*) FILTER (WHERE v.valid) FROM bench_keys AS b,
+		LATERAL apikeys.apikey_validate(b.key) AS v WHERE b.i <= 8") || {
+		STANDBY_REASON="apikey_validate failed on the standby"
+		return 1
+	}
+	[[ $ok == 8 ]] || { STANDBY_REASON="only $ok of the 8 hot keys validate on the standby"; return 1; }
+	say "standby streaming in $data (socket, port $STANDBY_PORT), replayed up to $target; the 8 hot keys validate on it"
+}
+
+# standby_report -- figure 12's notes, after its rounds: the replay lag, and
+# what the standby counted and shipped to the primary (when the installed
+# apikeys counts on a standby) against the validations pgbench ran on it.
+standby_report() {
+	local f n ran=8 lag
+	for f in "$SCRATCH"/logs/sb_standby.*.log; do
+		n=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$f")
+		ran=$((ran + ${n:-0}))
+	done
+	lag=$(sql_value postgres "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)
+		FROM pg_stat_replication WHERE state = 'streaming'")
+	NOTES+=("12: the standby (pg_basebackup -R, hot_standby, port $STANDBY_PORT) ran $ran validations of the 8 hot keys, warm-ups included; replay lag after the rounds: ${lag:-?} bytes")
+	if [[ $(sql_standby bench "SELECT to_regprocedure('apikeys.apikey_standby_status()') IS NOT NULL") != t ]]; then
+		NOTES+=("12: the installed apikeys counts nothing on a standby (no apikeys.apikey_standby_status()): the standby's side did less work per call than the primary's")
+		return 0
+	fi
+	# Ship what is pending (flush_usage on a standby waits for a ship).
+	psql_at "$SCRATCH" "$STANDBY_PORT" bench -At -c "SET statement_timeout = '60s'" \
+		-c "SELECT apikeys.flush_usage()" >/dev/null ||
+		warn "figure 12: apikeys.flush_usage() failed on the standby"
+	local shipped_calls dropped pending batches errors last_error applied applied_batches duplicates
+	IFS='|' read -r shipped_calls dropped pending batches errors last_error < <(psql_at "$SCRATCH" "$STANDBY_PORT" bench -At \
+		-c "SELECT shipped_calls, dropped_calls, pending_calls, batches, connection_errors, last_error
+			  FROM apikeys.apikey_standby_status()")
+	IFS='|' read -r applied applied_batches duplicates < <(sql_value bench "SELECT coalesce(sum(calls), 0),
+		coalesce(sum(batches), 0), coalesce(sum(duplicates), 0) FROM apikeys.standby_batches")
+	NOTES+=("12: the standby counted and shipped ${shipped_calls:-?} calls in ${batches:-?} batches (dropped ${dropped:-?}, pending ${pending:-?}, connection errors ${errors:-?}${last_error:+, last error: $last_error}); the primary applied ${applied:-?} calls in ${applied_batches:-?} batches (${duplicates:-?} duplicates)")
+	if [[ ${applied:-x} != "$ran" ]]; then
+		warn "figure 12: the primary applied ${applied:-?} calls from the standby, which ran $ran validations (dropped there: ${dropped:-?})"
+	fi
+}
+
 # ---------------------------------------------------------------- main
 
 # want N -- true if figure N is selected (BENCH_FIGURES).
@@ -981,7 +1092,7 @@ want() { [[ " $FIGURES " == *" $1 "* ]]; }
 main() {
 	local f
 	for f in $FIGURES; do
-		[[ $f =~ ^([1-9]|1[01])$ ]] || die "BENCH_FIGURES: unknown figure '$f' (1 to 11)"
+		[[ $f =~ ^([1-9]|1[012])$ ]] || die "BENCH_FIGURES: unknown figure '$f' (1 to 12)"
 	done
 	trap_exit
 	trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
@@ -1123,6 +1234,30 @@ UPDATE bench_naive_balance SET balance = balance - 1 WHERE owner = 'bench_one' A
 		run_group "figure 11" rl_limited rl_none
 	fi
 
+	# Figure 12: apikey_validate on a streaming hot standby of this cluster
+	# against the primary; the same 8 hot-key scripts on both, interleaved
+	# rounds.  The standby is stopped and removed right after.
+	local standby=no
+	if want 12; then
+		phase "figure 12: a hot standby (pg_basebackup -R)"
+		if start_standby; then
+			standby=yes
+			args=$(hot_scripts standby bench "$validate") || die "could not write the scripts"
+			pgbench_variant sb_standby bench "$args" \
+				"apikey_validate, 8 hot keys, $SMALL_KEYS keys, on the streaming hot standby (port $STANDBY_PORT)" "" "$STANDBY_PORT"
+			pgbench_variant sb_primary bench "$args" "the same scripts on the primary"
+			phase "figure 12: validate on a hot standby vs on the primary"
+			run_group "figure 12" sb_standby sb_primary
+			if grep -qE 'terminated by signal|PANIC' "$SCRATCH/logs/standby.log"; then
+				suite_error "the standby crashed during figure 12: $(grep -E 'terminated by signal|PANIC' "$SCRATCH/logs/standby.log" | head -n 1)"
+			fi
+			standby_report
+		else
+			suite_error "figure 12: $STANDBY_REASON"
+		fi
+		stop_standby
+	fi
+
 	local http=no
 	if want 5; then
 		phase "figure 5: PostgREST keyed vs anonymous"
@@ -1175,6 +1310,11 @@ UPDATE bench_naive_balance SET balance = balance - 1 WHERE owner = 'bench_one' A
 	want 10 && figure 10 "apikey_charge one owner, 16 clients, vs validate" charge_one validate_one ratio ">=" 0.50 tps
 	want 10 && figure 10b "  same, vs naive validate + UPDATE balance" charge_one naive_charge ratio ">=" report tps
 	want 11 && figure 11 "validate, 2 key limits + owner limit vs none" rl_limited rl_none ratio ">=" 0.85 tps
+	if want 12 && [[ $standby == yes ]]; then
+		figure 12 "validate on a hot standby vs on the primary" sb_standby sb_primary ratio ">=" 0.95 tps
+	elif want 12; then
+		figure_na 12 "validate on a hot standby vs on the primary" ">= 0.95" "$STANDBY_REASON"
+	fi
 	NOTES+=("ratio: measured / baseline, except 3 and 6 (cost per call: baseline tps / measured tps)")
 	want 4 && NOTES+=("4: both sides run '\\set i random(1, N)' + validate((SELECT key FROM bench_keys WHERE i = :i)); the lookup is on both sides and cancels")
 	want 5 && NOTES+=("5: the anonymous twin reads the same keys row and builds the same JSON as apikeys_api.credits(), without the key check")
