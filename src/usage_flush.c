@@ -132,18 +132,21 @@ entry_take(UsageEntry *entry, DateADT today, UsageDelta *delta, bool *removed)
 	return true;
 }
 
-UsageDelta *
-usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
+/*
+ * Takes up to max of dbid's counters into deltas, marking each with xid (a
+ * flush) or batch (a standby's new batch); on the way removes the counters
+ * of a dropped extension and drained entries of past days (exclusive lock
+ * held).  Returns how many it took.
+ */
+static int
+take_counters(Oid dbid, Oid keys_relid, TransactionId xid, uint64 batch, int max,
+			  UsageDelta *deltas, bool *removed)
 {
 	HASH_SEQ_STATUS seq;
 	UsageEntry *entry;
-	UsageDelta *deltas;
 	int			count = 0;
-	bool		removed = false;
 	DateADT		today = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
 
-	LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
-	deltas = palloc(sizeof(UsageDelta) * Max(hash_get_num_entries(usage_hash), 1));
 	hash_seq_init(&seq, usage_hash);
 	while ((entry = hash_seq_search(&seq)) != NULL)
 	{
@@ -153,25 +156,43 @@ usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
 		{
 			/* counts of a dropped instance of the extension */
 			usage_entry_remove(entry);
-			removed = true;
+			*removed = true;
 			continue;
 		}
 		/* a standby's batch not yet confirmed: the worker resolves it first */
 		if (entry->ship_batch != 0)
 			continue;
+		/* a flush mark left by a flush that did not finish (on a standby: by
+		 * this server's time as a primary) */
 		if (!entry_settle_leftover(entry, xid))
 			continue;
-		if (entry_take(entry, today, &deltas[count], &removed))
+		if (entry_take(entry, today, &deltas[count], removed))
 		{
 			entry->flush_xid = xid;
-			count++;
+			entry->ship_batch = batch;
+			if (++count == max)
+			{
+				hash_seq_term(&seq);
+				break;
+			}
 		}
 	}
+	return count;
+}
+
+UsageDelta *
+usage_collect(Oid dbid, Oid keys_relid, TransactionId xid, int *n)
+{
+	UsageDelta *deltas;
+	bool		removed = false;
+
+	LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
+	deltas = palloc(sizeof(UsageDelta) * Max(hash_get_num_entries(usage_hash), 1));
+	*n = take_counters(dbid, keys_relid, xid, 0, INT_MAX, deltas, &removed);
 	LWLockRelease(usage_shared->lock);
 
 	if (removed)
 		ConditionVariableBroadcast(&usage_shared->room);
-	*n = count;
 	return deltas;
 }
 
@@ -264,7 +285,6 @@ usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch, bool *resen
 	int			count = 0;
 	bool		removed = false;
 	uint64		unconfirmed = 0;
-	DateADT		today = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
 
 	LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
 	/* every entry may be the unconfirmed batch's (max may have been larger) */
@@ -294,34 +314,11 @@ usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch, bool *resen
 	}
 
 	*batch = pg_atomic_fetch_add_u64(&usage_shared->next_batch, 1);
-	hash_seq_init(&seq, usage_hash);
-	while (count < max && (entry = hash_seq_search(&seq)) != NULL)
-	{
-		if (entry->key.dbid != dbid)
-			continue;
-		if (entry->key.keys_relid != keys_relid)
-		{
-			/* counts of a dropped instance of the extension */
-			usage_entry_remove(entry);
-			removed = true;
-			continue;
-		}
-		/* a flush mark left by this server's time as a primary */
-		if (!entry_settle_leftover(entry, InvalidTransactionId))
-			continue;
-		if (entry_take(entry, today, &deltas[count], &removed))
-		{
-			entry->ship_batch = *batch;
-			count++;
-		}
-	}
-	if (count == max)
-		hash_seq_term(&seq);
+	*n = take_counters(dbid, keys_relid, InvalidTransactionId, *batch, max, deltas, &removed);
 	LWLockRelease(usage_shared->lock);
 
 	if (removed)
 		ConditionVariableBroadcast(&usage_shared->room);
-	*n = count;
 	return deltas;
 }
 

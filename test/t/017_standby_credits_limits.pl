@@ -18,17 +18,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $db = 'postgres';
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', join("\n",
-	"shared_preload_libraries = 'apikeys'", 'max_worker_processes = 16',
-	"log_statement = 'none'", 'apikeys.flush_interval = 200'));
-$primary->start;
-create_extension($primary, $db);
-$primary->backup('base');
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($primary, 'base', has_streaming => 1);
-$standby->start;
+my ($primary, $standby) = streaming_pair($db);
 
 my ($id, $key) = create_key($primary, $db, 'acme', 'standby key');
 sql($primary, $db, "SELECT apikeys.apikey_credit_add('acme', 'email_credit', 10)");

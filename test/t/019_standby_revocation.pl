@@ -44,29 +44,22 @@ my $db = 'postgres';
 my $n_timed = 50;        # revocations timed in part 5
 my $T0 = time;
 
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', join("\n",
-	"shared_preload_libraries = 'apikeys'", 'max_worker_processes = 16',
-	"log_statement = 'none'", 'apikeys.flush_interval = 200',
-	# the expiry pass of part 3 runs every second
-	'apikeys.expiry_interval = 1',
-	# part 5 times each revocation from its commit timestamp
-	'track_commit_timestamp = on',
-	# no ANALYZE of apikeys.keys (a relcache invalidation) may empty S's
-	# cache at a moment the test expects a hit, and no VACUUM may remove
-	# rows a standby query still sees
-	'autovacuum = off'));
-$primary->start;
-create_extension($primary, $db);
-$primary->backup('base');
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($primary, 'base', has_streaming => 1);
-# part 5 polls in one long statement: pruning on the primary must not
-# conflict with its snapshot (and so delay replay)
-$standby->append_conf('postgresql.conf', join("\n",
-	'hot_standby_feedback = on', 'wal_receiver_status_interval = 1s'));
-$standby->start;
+my ($primary, $standby) = streaming_pair($db,
+	[
+		# the expiry pass of part 3 runs every second
+		'apikeys.expiry_interval = 1',
+		# part 5 times each revocation from its commit timestamp
+		'track_commit_timestamp = on',
+		# no ANALYZE of apikeys.keys (a relcache invalidation) may empty S's
+		# cache at a moment the test expects a hit, and no VACUUM may remove
+		# rows a standby query still sees
+		'autovacuum = off',
+	],
+	[
+		# part 5 polls in one long statement: pruning on the primary must
+		# not conflict with its snapshot (and so delay replay)
+		'hot_standby_feedback = on', 'wal_receiver_status_interval = 1s',
+	]);
 
 # every wait_for_catchup of the test, timed
 my @catchup;

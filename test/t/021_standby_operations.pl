@@ -35,18 +35,7 @@ use Time::HiRes qw(time);
 
 my $db = 'postgres';
 my $out;
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', join("\n",
-	"shared_preload_libraries = 'apikeys'", 'max_worker_processes = 16',
-	"log_statement = 'none'", 'apikeys.flush_interval = 200'));
-$primary->start;
-create_extension($primary, $db);
-$primary->backup('base');
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($primary, 'base', has_streaming => 1);
-$standby->append_conf('postgresql.conf', 'apikeys.max_tracked_keys = 100');
-$standby->start;
+my ($primary, $standby) = streaming_pair($db, [], ['apikeys.max_tracked_keys = 100']);
 
 my @keys = create_keys($primary, $db, 'full', 150);
 sql($primary, $db, q{CREATE TABLE public.busy_keys AS

@@ -16,7 +16,7 @@ use Test::More;
 use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(
-  new_node create_extension create_key create_keys sql sql_ok sql_fails
+  new_node streaming_pair create_extension create_key create_keys sql sql_ok sql_fails
   validate_n run_pgbench flush_usage usage_of usage_rows worker_pids
   wait_until wait_for_worker wait_for_no_worker wait_for_log_within
   start_psql finish_psql elapsed_since utc_today check_no_crash timed
@@ -44,6 +44,29 @@ sub new_node
 		@conf));
 	$node->start;
 	return $node;
+}
+
+# streaming_pair(DB, PRIMARY_CONF, STANDBY_CONF) -- a primary that preloads
+# apikeys (flush_interval 200 ms) with the extension in DB, and a hot
+# standby streaming from it, both started; PRIMARY_CONF and STANDBY_CONF
+# are array refs of extra postgresql.conf lines.  Returns (primary, standby).
+sub streaming_pair
+{
+	my ($db, $primary_conf, $standby_conf) = @_;
+	my $primary = PostgreSQL::Test::Cluster->new('primary');
+	$primary->init(allows_streaming => 1);
+	$primary->append_conf('postgresql.conf', join("\n",
+		"shared_preload_libraries = 'apikeys'", 'max_worker_processes = 16',
+		"log_statement = 'none'", 'apikeys.flush_interval = 200',
+		@{ $primary_conf // [] }));
+	$primary->start;
+	create_extension($primary, $db);
+	$primary->backup('base');
+	my $standby = PostgreSQL::Test::Cluster->new('standby');
+	$standby->init_from_backup($primary, 'base', has_streaming => 1);
+	$standby->append_conf('postgresql.conf', join("\n", @{ $standby_conf // [] }));
+	$standby->start;
+	return ($primary, $standby);
 }
 
 # sql(NODE, DB, SQL) -- run SQL, die on error or timeout; returns stdout.
