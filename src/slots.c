@@ -257,6 +257,7 @@ apikeys_flush_usage(PG_FUNCTION_ARGS)
 	uint64		target;
 	TimestampTz deadline;
 	bool		done = false;
+	bool		failed = false;
 
 	apikeys_require_preload();
 
@@ -282,9 +283,10 @@ apikeys_flush_usage(PG_FUNCTION_ARGS)
 
 		LWLockAcquire(slots_shared->lock, LW_SHARED);
 		done = (slot->dbid == MyDatabaseId && slot->flush_done >= target);
+		failed = (slot->dbid == MyDatabaseId && slot->flush_failed >= target);
 		latch = slot->latch;
 		LWLockRelease(slots_shared->lock);
-		if (done)
+		if (done || failed)
 			break;
 		if (latch)
 			SetLatch(latch);

@@ -47,6 +47,7 @@ typedef struct WorkerSlot
 	int			verdict;		/* what the last worker found: VERDICT_* */
 	uint64		flush_requested;	/* generation asked for by flush_usage() */
 	uint64		flush_done;		/* generation the worker last completed */
+	uint64		flush_failed;	/* generation a standby's ship last failed for */
 	ShipStatus	ship;			/* on a hot standby */
 } WorkerSlot;
 

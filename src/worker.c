@@ -342,12 +342,13 @@ check_body(void *arg)
 
 /*
  * On a hot standby: ship the counters to the primary.  Returns whether
- * that worked; a flush_usage() waiting is told only then.
+ * that worked; a flush_usage() waiting gets true or false accordingly.
  */
 static bool
 ship(void)
 {
 	uint64		requested;
+	bool		ok;
 
 	LWLockAcquire(slots_shared->lock, LW_SHARED);
 	requested = my_slot->flush_requested;
@@ -357,13 +358,16 @@ ship(void)
 	if (!run_pass("apikeys: look up the extension", check_body, NULL) || extension_gone)
 		return false;
 	ratelimit_purge();
-	if (!ship_usage(my_keys_relid, my_dbname))
-		return false;
+	ok = ship_usage(my_keys_relid, my_dbname);
+	/* a flush_usage() waiting is told either way */
 	LWLockAcquire(slots_shared->lock, LW_EXCLUSIVE);
-	my_slot->flush_done = requested;
+	if (ok)
+		my_slot->flush_done = requested;
+	else
+		my_slot->flush_failed = requested;
 	LWLockRelease(slots_shared->lock);
 	ConditionVariableBroadcast(&slots_shared->flushed);
-	return true;
+	return ok;
 }
 
 /* After promotion: apply a batch the old primary never confirmed (ship.h). */

@@ -74,6 +74,13 @@ my $status = sql($standby, $db, q{
 is($status, '100 100 50',
 	'100 key-days are kept, pending; the 50 with no room are dropped and reported');
 
+# flush_usage() says at once that the ship failed (it used to wait 30 s)
+$t0 = time;
+is(sql($standby, $db, 'SELECT apikeys.flush_usage()'), 'f',
+	'flush_usage() on the standby answers false while it cannot ship');
+$took = time - $t0;
+cmp_ok($took, '<', 20, sprintf('after the first failed attempt (%.2fs), not at its 30 s limit', $took));
+
 # a key already counted still counts: only new key-days find no room
 $out = sql($standby, $db, q{SELECT count(*) FROM (SELECT apikeys.apikey_validate(key)
 	FROM public.test_keys, generate_series(1, 3) WHERE n <= 10) s});
