@@ -1631,15 +1631,18 @@ $roles$;
 -- A standby's worker ships its usage counts here in numbered batches
 -- (src/ship.c).  One row per standby (per source id: random at a
 -- standby's first start, kept across its clean restarts): the last batch
--- applied, updated in the transaction that applies it, so that a batch sent
--- again is recognised and not applied twice.  Not dumped: it describes this
+-- applied and its digest, updated in the transaction that applies it, so
+-- that a batch sent again is recognised and not applied twice, and another
+-- server sending under the same source id is found out.  Not dumped: it describes this
 -- server's history, not configuration.
 CREATE TABLE apikeys.standby_batches (
 	source			uuid CONSTRAINT standby_batches_pkey PRIMARY KEY,
 	standby			text NOT NULL,
 	last_batch		bigint NOT NULL DEFAULT 0,
 	batches			bigint NOT NULL DEFAULT 0,
+	last_digest		bigint,
 	duplicates		bigint NOT NULL DEFAULT 0,
+	conflicts		bigint NOT NULL DEFAULT 0,
 	calls			bigint NOT NULL DEFAULT 0,
 	rejected		bigint NOT NULL DEFAULT 0,
 	first_batch_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -1650,12 +1653,12 @@ COMMENT ON TABLE apikeys.standby_batches IS
 
 CREATE FUNCTION apikeys._usage_ship(source uuid, standby text, batch bigint,
 	key_ids text[], days date[], calls bigint[], rejected bigint[], last_used timestamptz[])
-RETURNS TABLE (applied boolean, i integer, last_used_done boolean)
+RETURNS TABLE (outcome text, i integer, last_used_done boolean)
 LANGUAGE C VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'apikeys_usage_ship';
 COMMENT ON FUNCTION apikeys._usage_ship(uuid, text, bigint, text[], date[], bigint[], bigint[], timestamptz[]) IS
-	'A hot standby''s batch of usage counts, applied once per source and batch number; returns, for the counters whose key exists, whether the batch was applied now and their ordinals';
+	'A hot standby''s batch of usage counts, applied once per source and batch number; returns, for the counters whose key exists, what became of the batch (applied, duplicate, conflict) and their ordinals';
 
 CREATE FUNCTION apikeys.apikey_standby_status(OUT in_recovery boolean, OUT source uuid,
 	OUT target text, OUT connected boolean, OUT last_batch bigint,

@@ -24,23 +24,35 @@ SELECT pg_temp.usage_of('one') AS one, pg_temp.usage_of('two') AS two;
 SELECT (SELECT last_used_at IS NOT NULL FROM apikeys.keys WHERE id = :'id_one') AS one_used,
 	(SELECT last_used_at IS NULL FROM apikeys.keys WHERE id = :'id_two') AS two_unused;
 
--- the same batch again (its answer was lost): not applied twice; every
--- counter answers as found, with its last use to be sent again
+-- the same batch again (its answer was lost), in another order and without
+-- its last uses (a standby sends them again later): a duplicate, not
+-- applied twice; every counter answers as found, last use not recorded
+SELECT * FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000001', 'replica-a', 1,
+	ARRAY['ak_nosuchkeyatall0000', :'id_two', :'id_one'],
+	ARRAY[current_date, current_date, current_date], ARRAY[9, 2, 5]::bigint[],
+	ARRAY[9, 0, 1]::bigint[], ARRAY[NULL, NULL, NULL]::timestamptz[]);
+SELECT pg_temp.usage_of('one') AS one, pg_temp.usage_of('two') AS two;
+
+-- batch 1 again with other counts: another server under this source id (a
+-- copied data directory), a conflict: nothing applied, the standby must
+-- take a new source id
 SELECT * FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000001', 'replica-a', 1,
 	ARRAY[:'id_one', :'id_two'], ARRAY[current_date, current_date],
 	ARRAY[5, 2]::bigint[], ARRAY[1, 0]::bigint[], ARRAY[now(), NULL]);
 SELECT pg_temp.usage_of('one') AS one, pg_temp.usage_of('two') AS two;
 
--- a higher number is new, gaps allowed; a lower one is as old as the last
-SELECT count(*) FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000001', 'replica-a', 7,
+-- a higher number is new, gaps allowed; a lower one can only be another
+-- server's: a conflict
+SELECT DISTINCT outcome FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000001', 'replica-a', 7,
 	ARRAY[:'id_one'], ARRAY[current_date], ARRAY[3]::bigint[], ARRAY[0]::bigint[], ARRAY[NULL::timestamptz]);
-SELECT count(*) FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000001', 'replica-a', 6,
+SELECT DISTINCT outcome FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000001', 'replica-a', 6,
 	ARRAY[:'id_one'], ARRAY[current_date], ARRAY[100]::bigint[], ARRAY[0]::bigint[], ARRAY[NULL::timestamptz]);
 -- another source's batch 1 is its own
 SELECT count(*) FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000002', 'replica-b', 1,
 	ARRAY[:'id_two'], ARRAY[current_date], ARRAY[4]::bigint[], ARRAY[0]::bigint[], ARRAY[NULL::timestamptz]);
 SELECT pg_temp.usage_of('one') AS one, pg_temp.usage_of('two') AS two;
-SELECT standby, last_batch, batches, duplicates, calls, rejected, last_batch_at IS NOT NULL AS stamped
+SELECT standby, last_batch, batches, duplicates, conflicts, calls, rejected,
+	last_batch_at IS NOT NULL AS stamped
 FROM apikeys.standby_batches ORDER BY standby;
 
 -- an empty batch still advances the source

@@ -38,6 +38,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/interrupt.h"
+#include "storage/procsignal.h"
 #include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -142,12 +143,13 @@ ship_failed(const char *what, const char *detail)
 		message[--len] = '\0';
 
 	ship_disconnect();
-	usage_ship_health(false);
 	STATUS_UPDATE({
 		status_slot->ship.errors++;
 		status_slot->ship.last_error_at = now;
 		status_text(status_slot->ship.last_error, message);
 	});
+	/* validations waiting for room on this server drop their counts now */
+	usage_wake_waiters();
 
 	failures_in_a_row++;
 	if (now - last_logged >= LOG_EVERY_USECS)
@@ -178,7 +180,6 @@ ship_succeeded(uint64 batch, const UsageDelta *deltas, const bool *matched, int 
 			calls += deltas[i].calls;
 			rejected += deltas[i].rejected;
 		}
-	usage_ship_health(true);
 	STATUS_UPDATE({
 		status_slot->ship.last_batch = batch;
 		status_slot->ship.last_shipped_at = GetCurrentTimestamp();
@@ -226,6 +227,9 @@ wait_socket(int events, long timeout, bool *ready)
 	if (rc & WL_LATCH_SET)
 	{
 		ResetLatch(MyLatch);
+		/* replaying DROP DATABASE waits for every process to absorb this */
+		if (ProcSignalBarrierPending)
+			ProcessProcSignalBarrier();
 		/* stopping, or a recovery conflict (the worker's loop ends it) */
 		if (ShutdownRequestPending || ProcDiePending)
 			return SHIP_INTERRUPTED;
@@ -578,7 +582,7 @@ stopped:
  */
 static ShipResult
 ship_batch(uint64 batch, const UsageDelta *deltas, int n, bool *matched, bool *last_used_done,
-		   bool *applied, XLogRecPtr *commit_lsn)
+		   BatchOutcome *outcome, XLogRecPtr *commit_lsn, TimeLineID *commit_tli)
 {
 	pg_uuid_t	source = usage_batch_source(batch);
 	const char *values[8];
@@ -586,6 +590,7 @@ ship_batch(uint64 batch, const UsageDelta *deltas, int n, bool *matched, bool *l
 	ShipResult	r;
 	uint32		hi;
 	uint32		lo;
+	uint32		tli;
 
 	values[0] = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&source)));
 	values[1] = ship_source_name();
@@ -593,7 +598,7 @@ ship_batch(uint64 batch, const UsageDelta *deltas, int n, bool *matched, bool *l
 	for (int a = 0; a < 5; a++)
 		values[3 + a] = array_literal(deltas, n, a);
 
-	r = run_query("SELECT applied, i, last_used_done FROM apikeys._usage_ship($1::pg_catalog.uuid,"
+	r = run_query("SELECT outcome, i, last_used_done FROM apikeys._usage_ship($1::pg_catalog.uuid,"
 				  " $2::pg_catalog.text, $3::pg_catalog.int8, $4::pg_catalog.text[],"
 				  " $5::pg_catalog.date[], $6::pg_catalog.int8[], $7::pg_catalog.int8[],"
 				  " $8::pg_catalog.timestamptz[])",
@@ -603,7 +608,7 @@ ship_batch(uint64 batch, const UsageDelta *deltas, int n, bool *matched, bool *l
 
 	memset(matched, 0, sizeof(bool) * n);
 	memset(last_used_done, 0, sizeof(bool) * n);
-	*applied = true;
+	*outcome = BATCH_APPLIED;
 	for (int row = 0; row < PQntuples(res); row++)
 	{
 		int			i = atoi(PQgetvalue(res, row, 1));
@@ -614,18 +619,25 @@ ship_batch(uint64 batch, const UsageDelta *deltas, int n, bool *matched, bool *l
 			ship_failed("the primary answered an unknown counter", NULL);
 			return SHIP_FAILED;
 		}
-		*applied = (strcmp(PQgetvalue(res, row, 0), "t") == 0);
+		for (int o = BATCH_APPLIED; o <= BATCH_CONFLICT; o++)
+			if (strcmp(PQgetvalue(res, row, 0), batch_outcome_names[o]) == 0)
+				*outcome = (BatchOutcome) o;
 		matched[i - 1] = true;
 		last_used_done[i - 1] = (strcmp(PQgetvalue(res, row, 2), "t") == 0);
 	}
 	PQclear(res);
 
-	/* where the primary's WAL is now: past the commit that applied the batch */
-	r = run_query("SELECT pg_catalog.pg_current_wal_lsn()", 0, NULL,
+	/*
+	 * Where the primary's WAL is now, past the commit that applied the
+	 * batch, and on which timeline (a WAL file name starts with it).
+	 */
+	r = run_query("SELECT pg_catalog.pg_current_wal_lsn(),"
+				  " pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn())", 0, NULL,
 				  "could not read the primary's WAL position", &res);
 	if (r != SHIP_OK)
 		return r;
-	if (PQntuples(res) != 1 || sscanf(PQgetvalue(res, 0, 0), "%X/%X", &hi, &lo) != 2)
+	if (PQntuples(res) != 1 || sscanf(PQgetvalue(res, 0, 0), "%X/%X", &hi, &lo) != 2 ||
+		sscanf(PQgetvalue(res, 0, 1), "%8X", &tli) != 1)
 	{
 		PQclear(res);
 		ship_failed("could not read the primary's WAL position", NULL);
@@ -633,22 +645,28 @@ ship_batch(uint64 batch, const UsageDelta *deltas, int n, bool *matched, bool *l
 	}
 	PQclear(res);
 	*commit_lsn = ((uint64) hi << 32) | lo;
+	*commit_tli = tli;
 	return SHIP_OK;
 }
 
 /*
- * Waits until this standby has replayed lsn: only then is the batch's
- * commit on the timeline this server would continue if promoted.  A
- * promotion first makes the batch this server's to resolve.
+ * Waits until this standby has replayed lsn of timeline tli: only then is
+ * the batch's commit on the timeline this server would continue if
+ * promoted.  A promotion first makes the batch this server's to resolve.
+ * The wait gives way to anything asking this process to act: a barrier
+ * (replaying DROP DATABASE waits for every process to absorb one), a
+ * recovery conflict, a stop.
  */
 static ShipResult
-wait_replay(XLogRecPtr lsn)
+wait_replay(XLogRecPtr lsn, TimeLineID tli)
 {
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), REPLAY_TIMEOUT_MS);
 
 	for (;;)
 	{
-		if (GetXLogReplayRecPtr(NULL) >= lsn && RecoveryInProgress())
+		TimeLineID	replay_tli;
+
+		if (GetXLogReplayRecPtr(&replay_tli) >= lsn && replay_tli == tli && RecoveryInProgress())
 			return SHIP_OK;
 		if (promoting())
 			return SHIP_PROMOTED;
@@ -661,12 +679,33 @@ wait_replay(XLogRecPtr lsn)
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 10,
 						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
+		if (ProcSignalBarrierPending)
+			ProcessProcSignalBarrier();
 		if (ShutdownRequestPending || ProcDiePending)
 			return SHIP_INTERRUPTED;
 	}
 }
 
-/* ship_usage's rounds, on one connection. */
+/*
+ * The primary has batch's number from another server under this source id
+ * (a data directory copied with its shutdown dump): this one takes a new
+ * source id, and its batch goes again under it.
+ */
+static void
+ship_conflict(uint64 batch)
+{
+	pg_uuid_t	old = usage_batch_source(batch);
+
+	usage_new_source();
+	usage_ship_unmark(MyDatabaseId);
+	ereport(WARNING,
+			(errmsg("apikeys: the primary has batch " UINT64_FORMAT " of source %s from another server",
+					batch, DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&old)))),
+			 errdetail("Another server ships usage under the same source id, likely a copy of this data directory."),
+			 errhint("This standby now ships under a new source id; its counts are kept.")));
+}
+
+/* ship_usage's rounds: a batch at a time while counts wait. */
 static bool
 ship_rounds(Oid keys_relid, const char *dbname)
 {
@@ -674,47 +713,35 @@ ship_rounds(Oid keys_relid, const char *dbname)
 	{
 		UsageDelta *deltas;
 		uint64		batch;
-		bool		resend;
 		int			n;
 		bool	   *matched;
 		bool	   *last_used_done;
-		bool		applied;
+		BatchOutcome outcome;
 		XLogRecPtr	lsn;
+		TimeLineID	tli;
 		ShipResult	r;
 
 		if (!usage_pending(MyDatabaseId))
 			return true;
 		if (ship_connect(dbname) != SHIP_OK)
 			return false;
-		deltas = usage_ship_collect(MyDatabaseId, keys_relid, SHIP_BATCH_MAX, &batch, &resend, &n);
+		deltas = usage_ship_collect(MyDatabaseId, keys_relid, SHIP_BATCH_MAX, &batch, &n);
 		if (n == 0)
 			return true;
 		matched = palloc(sizeof(bool) * n);
 		last_used_done = palloc(sizeof(bool) * n);
 		pgstat_report_activity(STATE_RUNNING, "apikeys: ship usage");
-		r = ship_batch(batch, deltas, n, matched, last_used_done, &applied, &lsn);
-		if (r == SHIP_OK && !applied && !resend)
+		r = ship_batch(batch, deltas, n, matched, last_used_done, &outcome, &lsn, &tli);
+		if (r == SHIP_OK && outcome == BATCH_CONFLICT)
 		{
-			/*
-			 * The primary had a batch of this number, never sent before:
-			 * another server ships as this source (a data directory copied
-			 * with its shutdown dump).  This one takes a new source id; the
-			 * batch goes again under it.
-			 */
-			pg_uuid_t	old = usage_batch_source(batch);
-
-			usage_new_source();
-			usage_ship_unmark(MyDatabaseId);
-			ereport(WARNING,
-					(errmsg("apikeys: the primary already had batch " UINT64_FORMAT " of source %s, which this standby never sent",
-							batch, DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&old)))),
-					 errdetail("Another server ships usage under the same source id, likely a copy of this data directory."),
-					 errhint("This standby now ships under a new source id; its counts are kept.")));
+			ship_conflict(batch);
 			pgstat_report_activity(STATE_IDLE, NULL);
 			continue;
 		}
+		/* the wait for replay holds no session in the primary's database */
+		ship_disconnect();
 		if (r == SHIP_OK)
-			r = wait_replay(lsn);
+			r = wait_replay(lsn, tli);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		if (r != SHIP_OK)
 			return false;
@@ -747,7 +774,6 @@ ship_resolve_body(void *arg)
 	ShipResolve *rs = (ShipResolve *) arg;
 	pg_uuid_t	source;
 	MemoryContext spi_cxt;
-	bool		resend;
 
 	rs->batch = 0;
 	rs->n = 0;
@@ -758,15 +784,20 @@ ship_resolve_body(void *arg)
 		return;
 	}
 	spi_cxt = MemoryContextSwitchTo(rs->cxt);
-	rs->deltas = usage_ship_collect(MyDatabaseId, rs->keys_relid, 0, &rs->batch, &resend, &rs->n);
+	rs->deltas = usage_ship_collect(MyDatabaseId, rs->keys_relid, 0, &rs->batch, &rs->n);
 	rs->matched = palloc(sizeof(bool) * Max(rs->n, 1));
 	rs->last_used_done = palloc(sizeof(bool) * Max(rs->n, 1));
 	MemoryContextSwitchTo(spi_cxt);
 	if (rs->batch == 0)
 		return;
 	source = usage_batch_source(rs->batch);
-	(void) usage_apply_batch(&source, ship_source_name(), rs->batch, rs->deltas, rs->n,
-							 rs->matched, rs->last_used_done);
+	if (usage_apply_batch(&source, ship_source_name(), rs->batch, rs->deltas, rs->n,
+						  rs->matched, rs->last_used_done) == BATCH_CONFLICT)
+	{
+		/* another server's batch had the number: ours goes into a local flush */
+		usage_ship_unmark(MyDatabaseId);
+		rs->batch = 0;
+	}
 }
 
 void

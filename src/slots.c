@@ -127,6 +127,22 @@ apikeys_wake_workers(void)
 	LWLockRelease(slots_shared->lock);
 }
 
+bool
+slot_ship_ok(Oid dbid)
+{
+	WorkerSlot *slot;
+	bool		ok = true;
+
+	if (slots_shared == NULL)
+		return false;
+	LWLockAcquire(slots_shared->lock, LW_SHARED);
+	slot = slot_find(dbid, false);
+	if (slot && slot->ship.errors > 0 && slot->ship.last_error_at >= slot->ship.last_shipped_at)
+		ok = false;
+	LWLockRelease(slots_shared->lock);
+	return ok;
+}
+
 /* At commit of CREATE EXTENSION: asks the launcher for dbid's worker now. */
 void
 worker_request_start(Oid dbid)

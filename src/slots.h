@@ -72,6 +72,12 @@ extern WorkerSlot *slot_find(Oid dbid, bool create);
 /* Frees a slot that holds nothing for anyone any more (lock held). */
 extern void slot_release_if_idle(WorkerSlot *slot);
 
+/*
+ * On a hot standby: true unless dbid's last ship attempt failed (a full
+ * counter table then waits for the next ship rather than drop a count).
+ */
+extern bool slot_ship_ok(Oid dbid);
+
 /* Sets the launcher's latch (it then looks at pg_database and the slots). */
 extern void wake_launcher(void);
 

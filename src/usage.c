@@ -107,7 +107,6 @@ usage_shmem_startup(void)
 		usage_shared->source_from = 1;
 		pg_atomic_init_u64(&usage_shared->next_batch, 1);
 		pg_atomic_init_u64(&usage_shared->dropped, 0);
-		pg_atomic_init_u32(&usage_shared->ship_ok, 1);
 	}
 
 	info.keysize = sizeof(UsageKey);
@@ -244,8 +243,7 @@ shared_add(const UsageKey *key, uint64 calls, uint64 rejected,
 		 * network, the count is dropped, and said so in
 		 * apikey_standby_status().
 		 */
-		if (RecoveryInProgress() &&
-			(waited || pg_atomic_read_u32(&usage_shared->ship_ok) == 0))
+		if (RecoveryInProgress() && (waited || !slot_ship_ok(key->dbid)))
 		{
 			pg_atomic_fetch_add_u64(&usage_shared->dropped, calls + rejected);
 			pg_atomic_write_u64(&usage_shared->last_wait, (uint64) GetCurrentTimestamp());

@@ -59,14 +59,14 @@ extern void usage_settle(Oid dbid, Oid keys_relid, TransactionId xid,
 /*
  * A hot standby's shipping (ship.c).  usage_ship_collect returns the batch
  * to send for database dbid: the unconfirmed batch again, exactly as it
- * was, if there is one (*resend); else a new batch number (*batch) marking up to max
+ * was, if there is one; else a new batch number (*batch) marking up to max
  * entries' counts (max 0: only an unconfirmed batch, else none, *batch 0).  Once the primary has applied it (or had already),
  * usage_ship_settle subtracts it, as usage_settle does for a flush.
  * usage_ship_unmark forgets dbid's batch marks without subtracting (the
  * batch was never applied anywhere).
  */
 extern UsageDelta *usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch,
-									  bool *resend, int *n);
+									  int *n);
 extern void usage_ship_settle(Oid dbid, Oid keys_relid, uint64 batch,
 							  const UsageDelta *deltas, const bool *matched,
 							  const bool *last_used_done, int n);
@@ -76,30 +76,41 @@ extern void usage_ship_unmark(Oid dbid);
  * This server's source id as a standby (usage_source: the current one;
  * usage_batch_source: the one batch was sent as), and the counts it dropped
  * as one.  usage_new_source replaces the source for batches numbered from
- * now on (it was found to be shared).  usage_ship_health records whether
- * the last ship worked (while it does, a full table waits a little).
+ * now on (it was found to be shared).  usage_wake_waiters wakes the
+ * validations waiting for room (a standby's ship failed: they drop their
+ * counts now).
  */
 extern pg_uuid_t usage_source(void);
 extern pg_uuid_t usage_batch_source(uint64 batch);
 extern void usage_new_source(void);
 extern void usage_random_source(pg_uuid_t *source);
 extern uint64 usage_dropped(void);
-extern void usage_ship_health(bool ok);
+extern void usage_wake_waiters(void);
 
 /* What dbid's counters hold that no flush or batch has written yet. */
 extern void usage_pending_counts(Oid dbid, int *keys, int64 *calls, int64 *rejected);
+
+/* What the primary did with a standby's batch (usage_apply.c). */
+typedef enum BatchOutcome
+{
+	BATCH_APPLIED,
+	BATCH_DUPLICATE,			/* applied before: its answer was lost */
+	BATCH_CONFLICT				/* another server sends under this source id */
+} BatchOutcome;
+
+extern const char *const batch_outcome_names[];
 
 /*
  * usage_apply.c: adds n counters to apikeys.usage and last_used_at (SPI
  * connected, in the flush's transaction); matched[i] says whether
  * deltas[i]'s key exists, last_used_done[i] whether its last use was
  * recorded.  usage_apply_batch does it for a standby's batch, unless that
- * batch was applied before; returns whether it was applied now.
+ * batch was applied before, and says what it did.
  */
 extern void usage_apply(const UsageDelta *deltas, int n, bool *matched, bool *last_used_done);
-extern bool usage_apply_batch(const pg_uuid_t *source, const char *standby, uint64 batch,
-							  const UsageDelta *deltas, int n, bool *matched,
-							  bool *last_used_done);
+extern BatchOutcome usage_apply_batch(const pg_uuid_t *source, const char *standby,
+									  uint64 batch, const UsageDelta *deltas, int n,
+									  bool *matched, bool *last_used_done);
 
 /* Removes the counters of a dropped database, or of one dropped keys table. */
 extern void usage_forget(Oid dbid, Oid keys_relid);

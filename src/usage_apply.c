@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -30,6 +31,8 @@
 #include "usage.h"
 
 PG_FUNCTION_INFO_V1(apikeys_usage_ship);
+
+const char *const batch_outcome_names[] = {"applied", "duplicate", "conflict"};
 
 /*
  * Counts of keys the snapshot cannot see are left out (and kept for a
@@ -156,41 +159,94 @@ usage_apply(const UsageDelta *deltas, int n, bool *matched, bool *last_used_done
 }
 
 /*
+ * A digest of a batch's counters (key ids, days, calls, rejected; not the
+ * last uses, which a batch sent again leaves out), independent of their
+ * order: a batch sent again has the same one, another server's batch of
+ * the same number almost surely not.
+ */
+static int64
+batch_digest(Datum *arrays, int n)
+{
+	Datum	   *ids;
+	Datum	   *days;
+	Datum	   *calls;
+	Datum	   *rejected;
+	int			nelems;
+	uint64		sum = 0;
+
+	deconstruct_array(DatumGetArrayTypeP(arrays[0]), TEXTOID, -1, false, TYPALIGN_INT,
+					  &ids, NULL, &nelems);
+	deconstruct_array(DatumGetArrayTypeP(arrays[1]), DATEOID, sizeof(DateADT), true,
+					  TYPALIGN_INT, &days, NULL, &nelems);
+	deconstruct_array(DatumGetArrayTypeP(arrays[2]), INT8OID, 8, FLOAT8PASSBYVAL,
+					  TYPALIGN_DOUBLE, &calls, NULL, &nelems);
+	deconstruct_array(DatumGetArrayTypeP(arrays[3]), INT8OID, 8, FLOAT8PASSBYVAL,
+					  TYPALIGN_DOUBLE, &rejected, NULL, &nelems);
+	for (int i = 0; i < n; i++)
+	{
+		text	   *id = DatumGetTextPP(ids[i]);
+		int64		counts[3] = {DatumGetDateADT(days[i]), DatumGetInt64(calls[i]),
+								 DatumGetInt64(rejected[i])};
+		uint64		h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(id),
+										   VARSIZE_ANY_EXHDR(id), 0);
+
+		sum += hash_bytes_extended((const unsigned char *) counts, sizeof(counts), h);
+	}
+	return (int64) sum;
+}
+
+/*
  * Applies batch number batch of source (named standby), given as five
  * arrays of n counters, unless it was applied before (SPI connected, in the
- * transaction that must record it).  Returns whether it was applied now; a
- * batch applied before counts as matched everywhere with no last use
- * recorded, so that the standby subtracts it and sends its last uses again.
+ * transaction that must record it).  A batch numbered above the source's
+ * last is applied; the last one again, with the same digest, is a
+ * duplicate (its answer was lost); anything else is a conflict: another
+ * server sends under this source id.  A batch not applied now counts as
+ * matched everywhere with no last use recorded, so that the standby
+ * subtracts a duplicate and sends its last uses again.
  */
-static bool
+static BatchOutcome
 apply_batch(Datum source, Datum standby, int64 batch, Datum *arrays, int n,
 			bool *matched, bool *last_used_done)
 {
 	Oid			lock_types[2] = {UUIDOID, TEXTOID};
 	Datum		lock_args[2] = {source, standby};
-	Oid			done_types[4] = {UUIDOID, INT8OID, INT8OID, INT8OID};
-	Datum		done_args[4];
+	Oid			done_types[5] = {UUIDOID, INT8OID, INT8OID, INT8OID, INT8OID};
+	Datum		done_args[5];
 	bool		isnull;
 	int64		last;
+	int64		last_digest;
+	int64		digest = batch_digest(arrays, n);
 	int64		calls = 0;
 	int64		rejected = 0;
 	Datum	   *elems;
 	int			nelems;
+	BatchOutcome outcome;
 
 	/* the source's row, locked: one batch of a standby at a time */
 	if (SPI_execute_with_args("INSERT INTO apikeys.standby_batches AS b (source, standby)"
 							  " VALUES ($1, $2) ON CONFLICT (source) DO UPDATE"
-							  " SET standby = excluded.standby RETURNING b.last_batch",
+							  " SET standby = excluded.standby"
+							  " RETURNING b.last_batch, b.last_digest",
 							  2, lock_types, lock_args, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "could not record a standby's batch");
 	last = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 									   &isnull));
+	last_digest = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+											  &isnull));
+	if (isnull)
+		last_digest = 0;
 
 	if (batch <= last)
 	{
-		if (SPI_execute_with_args("UPDATE apikeys.standby_batches"
+		outcome = (batch == last && digest == last_digest) ? BATCH_DUPLICATE : BATCH_CONFLICT;
+		if (SPI_execute_with_args(outcome == BATCH_DUPLICATE ?
+								  "UPDATE apikeys.standby_batches"
 								  " SET duplicates = duplicates OPERATOR(pg_catalog.+) 1"
+								  " WHERE source OPERATOR(pg_catalog.=) $1" :
+								  "UPDATE apikeys.standby_batches"
+								  " SET conflicts = conflicts OPERATOR(pg_catalog.+) 1"
 								  " WHERE source OPERATOR(pg_catalog.=) $1",
 								  1, lock_types, lock_args, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not record a standby's batch");
@@ -199,7 +255,7 @@ apply_batch(Datum source, Datum standby, int64 batch, Datum *arrays, int n,
 			matched[i] = true;
 			last_used_done[i] = false;
 		}
-		return false;
+		return outcome;
 	}
 
 	apply_arrays(arrays, n, matched, last_used_done);
@@ -220,19 +276,20 @@ apply_batch(Datum source, Datum standby, int64 batch, Datum *arrays, int n,
 	done_args[1] = Int64GetDatum(batch);
 	done_args[2] = Int64GetDatum(calls);
 	done_args[3] = Int64GetDatum(rejected);
+	done_args[4] = Int64GetDatum(digest);
 	if (SPI_execute_with_args("UPDATE apikeys.standby_batches"
-							  " SET last_batch = $2,"
+							  " SET last_batch = $2, last_digest = $5,"
 							  "     batches = batches OPERATOR(pg_catalog.+) 1,"
 							  "     calls = calls OPERATOR(pg_catalog.+) $3,"
 							  "     rejected = rejected OPERATOR(pg_catalog.+) $4,"
 							  "     last_batch_at = pg_catalog.now()"
 							  " WHERE source OPERATOR(pg_catalog.=) $1",
-							  4, done_types, done_args, NULL, false, 0) != SPI_OK_UPDATE)
+							  5, done_types, done_args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not record a standby's batch");
-	return true;
+	return BATCH_APPLIED;
 }
 
-bool
+BatchOutcome
 usage_apply_batch(const pg_uuid_t *source, const char *standby, uint64 batch,
 				  const UsageDelta *deltas, int n, bool *matched, bool *last_used_done)
 {
@@ -306,8 +363,9 @@ check_finite(ArrayType *days, ArrayType *last_used)
 /*
  * apikeys._usage_ship(source, standby, batch, key_ids, days, calls,
  * rejected, last_used): a standby's batch, applied once.  Returns, for
- * each counter whose key exists, whether the batch was applied now (false:
- * it had been before), its ordinal and whether its last use was recorded.
+ * each counter whose key exists, what became of the batch ('applied',
+ * 'duplicate' or 'conflict': see apply_batch), its ordinal and whether its
+ * last use was recorded.
  */
 Datum
 apikeys_usage_ship(PG_FUNCTION_ARGS)
@@ -319,7 +377,7 @@ apikeys_usage_ship(PG_FUNCTION_ARGS)
 	int			n;
 	bool	   *matched;
 	bool	   *last_used_done;
-	bool		applied;
+	BatchOutcome outcome;
 
 	if (batch < 1)
 		ereport(ERROR,
@@ -342,7 +400,7 @@ apikeys_usage_ship(PG_FUNCTION_ARGS)
 	last_used_done = palloc(sizeof(bool) * Max(n, 1));
 
 	SPI_connect();
-	applied = apply_batch(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), batch, arrays, n,
+	outcome = apply_batch(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), batch, arrays, n,
 						  matched, last_used_done);
 	SPI_finish();
 
@@ -353,7 +411,7 @@ apikeys_usage_ship(PG_FUNCTION_ARGS)
 
 		if (!matched[i])
 			continue;
-		values[0] = BoolGetDatum(applied);
+		values[0] = CStringGetTextDatum(batch_outcome_names[outcome]);
 		values[1] = Int32GetDatum(i + 1);
 		values[2] = BoolGetDatum(last_used_done[i]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);

@@ -277,7 +277,7 @@ usage_settle(Oid dbid, Oid keys_relid, TransactionId xid, const UsageDelta *delt
 }
 
 UsageDelta *
-usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch, bool *resend, int *n)
+usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch, int *n)
 {
 	HASH_SEQ_STATUS seq;
 	UsageEntry *entry;
@@ -304,7 +304,6 @@ usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch, bool *resen
 		deltas[count].last_used = 0;
 		count++;
 	}
-	*resend = (unconfirmed != 0);
 	if (unconfirmed != 0 || max == 0)
 	{
 		LWLockRelease(usage_shared->lock);
@@ -381,12 +380,9 @@ usage_new_source(void)
 }
 
 void
-usage_ship_health(bool ok)
+usage_wake_waiters(void)
 {
-	pg_atomic_write_u32(&usage_shared->ship_ok, ok ? 1 : 0);
-	/* validations waiting for room drop their counts now */
-	if (!ok)
-		ConditionVariableBroadcast(&usage_shared->room);
+	ConditionVariableBroadcast(&usage_shared->room);
 }
 
 uint64

@@ -61,7 +61,6 @@ typedef struct UsageShared
 	uint64		source_from;
 	pg_atomic_uint64 next_batch;
 	pg_atomic_uint64 dropped;	/* counts a standby could not keep (table full) */
-	pg_atomic_uint32 ship_ok;	/* the last ship attempt worked */
 } UsageShared;
 
 extern UsageShared *usage_shared;

@@ -129,6 +129,30 @@ is(sql($standby, $db, "SELECT count(*) FROM pg_database WHERE datname = 'shipped
 	'the database is gone on the standby too');
 is(validate_n($standby, $db, $keys[0][1], 1), 'valid', 'the standby goes on validating elsewhere');
 
+# the same while the standby waits to replay its batch's commit (replay
+# paused): it must hold no session on the primary meanwhile, and must let
+# the replay of the DROP through at once when replay resumes (replaying
+# DROP DATABASE waits for every process to absorb a barrier)
+sql($primary, $db, 'CREATE DATABASE shipped2');
+create_extension($primary, 'shipped2');
+(undef, $key) = create_key($primary, 'shipped2', 'gone', 'paused');
+$primary->wait_for_catchup($standby);
+sql($standby, $db, 'SELECT pg_wal_replay_pause()');
+is(validate_n($standby, 'shipped2', $key, 3), 'valid', 'with replay paused, a key validates');
+$done = wait_until($primary, 'shipped2', 'SELECT coalesce(sum(calls), 0) FROM apikeys.usage', '3', 30);
+ok(defined $done, 'its batch reaches the primary (the standby waits to replay its commit)');
+($ret, $o, $err) = $primary->psql($db, 'DROP DATABASE shipped2', timeout => 60);
+is($ret, 0, 'DROP DATABASE on the primary works meanwhile: no shipping session is left there')
+  or diag($err);
+$lsn = sql($primary, $db, 'SELECT pg_current_wal_lsn()');
+sql($standby, $db, 'SELECT pg_wal_replay_resume()');
+$t0 = time;
+$done = wait_until($standby, $db, "SELECT pg_last_wal_replay_lsn() >= '$lsn'::pg_lsn", 't', 60);
+$took = time - $t0;
+ok(defined $done, 'replay resumes and replays the DROP');
+# the worker waiting for replay used to hold it up until its own 30 s timeout
+cmp_ok($took, '<', 15, sprintf('without waiting for the worker (%.2fs)', $took));
+
 # ---------------------------------------------------------------------------
 # 3. Two standbys from one cold copy: one source id, found out
 # ---------------------------------------------------------------------------
@@ -149,6 +173,27 @@ is(sql($twin, $db, 'SELECT source FROM apikeys.apikey_standby_status()'), $sourc
 my ($twin_id, $twin_key) = create_key($primary, $db, 'twins', 'twin key');
 $primary->wait_for_catchup($standby);
 $primary->wait_for_catchup($twin);
+
+# the worst case first: both send their first batch (one number, one
+# source), neither gets an answer (the primary holds them, then restarts),
+# and both send it again
+my $lock = start_psql($primary, $db,
+	'BEGIN; LOCK TABLE apikeys.standby_batches IN EXCLUSIVE MODE; SELECT pg_sleep(30); COMMIT;');
+wait_until($primary, $db, q{SELECT count(*) FROM pg_locks
+	WHERE relation = 'apikeys.standby_batches'::regclass AND mode = 'ExclusiveLock' AND granted},
+	'1', 30);
+validate_n($standby, $db, $twin_key, 10);
+validate_n($twin, $db, $twin_key, 7);
+$done = wait_until($primary, $db, q{SELECT count(*) FROM pg_stat_activity
+	WHERE application_name = 'apikeys usage shipping' AND wait_event_type = 'Lock'}, '2', 30);
+ok(defined $done, 'both send their batch, and wait on the primary');
+$primary->restart;
+finish_psql($lock);
+is(sql($standby, $db, 'SELECT apikeys.flush_usage()'), 't', 'after a primary restart the standby ships');
+is(sql($twin, $db, 'SELECT apikeys.flush_usage()'), 't', 'and so does its twin');
+is(sql($primary, $db, "SELECT sum(calls) FROM apikeys.usage WHERE key_id = '$twin_id'"), '17',
+	'the primary has the calls of both (10 + 7): the batch sent again by the second is a conflict, not a duplicate');
+
 for my $round (1 .. 3)
 {
 	validate_n($standby, $db, $twin_key, 10);
@@ -156,13 +201,13 @@ for my $round (1 .. 3)
 	validate_n($twin, $db, $twin_key, 7);
 	is(sql($twin, $db, 'SELECT apikeys.flush_usage()'), 't', "round $round: its twin ships");
 }
-is(sql($primary, $db, "SELECT sum(calls) FROM apikeys.usage WHERE key_id = '$twin_id'"), '51',
-	'the primary has every call of both (3 x 10 + 3 x 7)');
+is(sql($primary, $db, "SELECT sum(calls) FROM apikeys.usage WHERE key_id = '$twin_id'"), '68',
+	'the primary has every call of both (17 + 3 x 10 + 3 x 7)');
 isnt(sql($twin, $db, 'SELECT source FROM apikeys.apikey_standby_status()'),
 	sql($standby, $db, 'SELECT source FROM apikeys.apikey_standby_status()'),
 	'one of them took a new source id');
 ok(slurp_file($standby->logfile) . slurp_file($twin->logfile)
-	  =~ /WARNING:  apikeys: the primary already had batch \d+ of source/,
+	  =~ /WARNING:  apikeys: the primary has batch \d+ of source \S+ from another server/,
 	'and said why, with a WARNING');
 $twin->stop('fast');
 
