@@ -1952,16 +1952,16 @@ COMMENT ON FUNCTION apikeys_api.credits() IS
 -- A standby's worker ships its usage counts here in numbered batches
 -- (src/ship.c).  One row per standby (per source id: random at a
 -- standby's first start, kept across its clean restarts): the last batch
--- applied and its digest, updated in the transaction that applies it, so
--- that a batch sent again is recognised and not applied twice, and another
--- server sending under the same source id is found out.  Not dumped: it describes this
+-- applied, updated in the transaction that applies it, so that a batch
+-- sent again is recognised and not applied twice, and another server
+-- sending under the same source id is found out (batch numbers carry
+-- random low bits).  Not dumped: it describes this
 -- server's history, not configuration.
 CREATE TABLE apikeys.standby_batches (
 	source			uuid CONSTRAINT standby_batches_pkey PRIMARY KEY,
 	standby			text NOT NULL,
 	last_batch		bigint NOT NULL DEFAULT 0,
 	batches			bigint NOT NULL DEFAULT 0,
-	last_digest		bigint,
 	duplicates		bigint NOT NULL DEFAULT 0,
 	conflicts		bigint NOT NULL DEFAULT 0,
 	calls			bigint NOT NULL DEFAULT 0,

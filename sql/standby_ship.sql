@@ -26,16 +26,17 @@ SELECT (SELECT last_used_at IS NOT NULL FROM apikeys.keys WHERE id = :'id_one') 
 
 -- the same batch again (its answer was lost), in another order and without
 -- its last uses (a standby sends them again later): a duplicate, not
--- applied twice; every counter answers as found, last use not recorded
+-- applied twice; every counter answers as found, last use not recorded.
+-- (A standby's batch numbers carry random low bits, so another server
+-- under the same source id never sends this number: see below.)
 SELECT * FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000001', 'replica-a', 1,
 	ARRAY['ak_nosuchkeyatall0000', :'id_two', :'id_one'],
 	ARRAY[current_date, current_date, current_date], ARRAY[9, 2, 5]::bigint[],
 	ARRAY[9, 0, 1]::bigint[], ARRAY[NULL, NULL, NULL]::timestamptz[]);
 SELECT pg_temp.usage_of('one') AS one, pg_temp.usage_of('two') AS two;
 
--- batch 1 again with other counts: another server under this source id (a
--- copied data directory), a conflict: nothing applied, the standby must
--- take a new source id
+-- batch 1 again with fewer counters (sent again after a restart that
+-- could not restore every counter): still a duplicate, by its number
 SELECT * FROM apikeys._usage_ship('00000000-0000-4000-8000-000000000001', 'replica-a', 1,
 	ARRAY[:'id_one', :'id_two'], ARRAY[current_date, current_date],
 	ARRAY[5, 2]::bigint[], ARRAY[1, 0]::bigint[], ARRAY[now(), NULL]);

@@ -104,7 +104,7 @@ usage_shmem_startup(void)
 		/* a restored dump overrides these (usage_dump.c) */
 		usage_random_source(&usage_shared->source);
 		usage_shared->prev_source = usage_shared->source;
-		usage_shared->source_from = 1;
+		usage_shared->source_from = 0;
 		pg_atomic_init_u64(&usage_shared->next_batch, 1);
 		pg_atomic_init_u64(&usage_shared->dropped, 0);
 	}

@@ -19,7 +19,6 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -159,49 +158,14 @@ usage_apply(const UsageDelta *deltas, int n, bool *matched, bool *last_used_done
 }
 
 /*
- * A digest of a batch's counters (key ids, days, calls, rejected; not the
- * last uses, which a batch sent again leaves out), independent of their
- * order: a batch sent again has the same one, another server's batch of
- * the same number almost surely not.
- */
-static int64
-batch_digest(Datum *arrays, int n)
-{
-	Datum	   *ids;
-	Datum	   *days;
-	Datum	   *calls;
-	Datum	   *rejected;
-	int			nelems;
-	uint64		sum = 0;
-
-	deconstruct_array(DatumGetArrayTypeP(arrays[0]), TEXTOID, -1, false, TYPALIGN_INT,
-					  &ids, NULL, &nelems);
-	deconstruct_array(DatumGetArrayTypeP(arrays[1]), DATEOID, sizeof(DateADT), true,
-					  TYPALIGN_INT, &days, NULL, &nelems);
-	deconstruct_array(DatumGetArrayTypeP(arrays[2]), INT8OID, 8, FLOAT8PASSBYVAL,
-					  TYPALIGN_DOUBLE, &calls, NULL, &nelems);
-	deconstruct_array(DatumGetArrayTypeP(arrays[3]), INT8OID, 8, FLOAT8PASSBYVAL,
-					  TYPALIGN_DOUBLE, &rejected, NULL, &nelems);
-	for (int i = 0; i < n; i++)
-	{
-		text	   *id = DatumGetTextPP(ids[i]);
-		int64		counts[3] = {DatumGetDateADT(days[i]), DatumGetInt64(calls[i]),
-								 DatumGetInt64(rejected[i])};
-		uint64		h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(id),
-										   VARSIZE_ANY_EXHDR(id), 0);
-
-		sum += hash_bytes_extended((const unsigned char *) counts, sizeof(counts), h);
-	}
-	return (int64) sum;
-}
-
-/*
  * Applies batch number batch of source (named standby), given as five
  * arrays of n counters, unless it was applied before (SPI connected, in the
  * transaction that must record it).  A batch numbered above the source's
- * last is applied; the last one again, with the same digest, is a
- * duplicate (its answer was lost); anything else is a conflict: another
- * server sends under this source id.  A batch not applied now counts as
+ * last is applied; the last one again is a duplicate (its answer was
+ * lost); a lower one is a conflict: another server sends under this source
+ * id (a standby's batch numbers carry random low bits, so that two servers
+ * with one source id give their batches different numbers).  A batch not
+ * applied now counts as
  * matched everywhere with no last use recorded, so that the standby
  * subtracts a duplicate and sends its last uses again.
  */
@@ -211,12 +175,10 @@ apply_batch(Datum source, Datum standby, int64 batch, Datum *arrays, int n,
 {
 	Oid			lock_types[2] = {UUIDOID, TEXTOID};
 	Datum		lock_args[2] = {source, standby};
-	Oid			done_types[5] = {UUIDOID, INT8OID, INT8OID, INT8OID, INT8OID};
-	Datum		done_args[5];
+	Oid			done_types[4] = {UUIDOID, INT8OID, INT8OID, INT8OID};
+	Datum		done_args[4];
 	bool		isnull;
 	int64		last;
-	int64		last_digest;
-	int64		digest = batch_digest(arrays, n);
 	int64		calls = 0;
 	int64		rejected = 0;
 	Datum	   *elems;
@@ -227,20 +189,16 @@ apply_batch(Datum source, Datum standby, int64 batch, Datum *arrays, int n,
 	if (SPI_execute_with_args("INSERT INTO apikeys.standby_batches AS b (source, standby)"
 							  " VALUES ($1, $2) ON CONFLICT (source) DO UPDATE"
 							  " SET standby = excluded.standby"
-							  " RETURNING b.last_batch, b.last_digest",
+							  " RETURNING b.last_batch",
 							  2, lock_types, lock_args, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "could not record a standby's batch");
 	last = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 									   &isnull));
-	last_digest = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
-											  &isnull));
-	if (isnull)
-		last_digest = 0;
 
 	if (batch <= last)
 	{
-		outcome = (batch == last && digest == last_digest) ? BATCH_DUPLICATE : BATCH_CONFLICT;
+		outcome = (batch == last) ? BATCH_DUPLICATE : BATCH_CONFLICT;
 		if (SPI_execute_with_args(outcome == BATCH_DUPLICATE ?
 								  "UPDATE apikeys.standby_batches"
 								  " SET duplicates = duplicates OPERATOR(pg_catalog.+) 1"
@@ -276,15 +234,14 @@ apply_batch(Datum source, Datum standby, int64 batch, Datum *arrays, int n,
 	done_args[1] = Int64GetDatum(batch);
 	done_args[2] = Int64GetDatum(calls);
 	done_args[3] = Int64GetDatum(rejected);
-	done_args[4] = Int64GetDatum(digest);
 	if (SPI_execute_with_args("UPDATE apikeys.standby_batches"
-							  " SET last_batch = $2, last_digest = $5,"
+							  " SET last_batch = $2,"
 							  "     batches = batches OPERATOR(pg_catalog.+) 1,"
 							  "     calls = calls OPERATOR(pg_catalog.+) $3,"
 							  "     rejected = rejected OPERATOR(pg_catalog.+) $4,"
 							  "     last_batch_at = pg_catalog.now()"
 							  " WHERE source OPERATOR(pg_catalog.=) $1",
-							  5, done_types, done_args, NULL, false, 0) != SPI_OK_UPDATE)
+							  4, done_types, done_args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not record a standby's batch");
 	return BATCH_APPLIED;
 }

@@ -17,6 +17,7 @@
 #include "postgres.h"
 
 #include "access/transam.h"
+#include "miscadmin.h"
 #include "storage/condition_variable.h"
 #include "storage/lwlock.h"
 #include "storage/procarray.h"
@@ -285,6 +286,11 @@ usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch, int *n)
 	int			count = 0;
 	bool		removed = false;
 	uint64		unconfirmed = 0;
+	uint64		random_bits;
+
+	/* drawn outside the lock */
+	if (!pg_strong_random(&random_bits, sizeof(random_bits)))
+		random_bits = (uint64) MyProcPid ^ (uint64) GetCurrentTimestamp();
 
 	LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
 	/* every entry may be the unconfirmed batch's (max may have been larger) */
@@ -312,7 +318,8 @@ usage_ship_collect(Oid dbid, Oid keys_relid, int max, uint64 *batch, int *n)
 		return deltas;
 	}
 
-	*batch = pg_atomic_fetch_add_u64(&usage_shared->next_batch, 1);
+	*batch = (pg_atomic_fetch_add_u64(&usage_shared->next_batch, 1) << BATCH_RANDOM_BITS) |
+		(random_bits & ((UINT64CONST(1) << BATCH_RANDOM_BITS) - 1));
 	*n = take_counters(dbid, keys_relid, InvalidTransactionId, *batch, max, deltas, &removed);
 	LWLockRelease(usage_shared->lock);
 
@@ -375,7 +382,7 @@ usage_new_source(void)
 	LWLockAcquire(usage_shared->lock, LW_EXCLUSIVE);
 	usage_shared->prev_source = usage_shared->source;
 	usage_shared->source = fresh;
-	usage_shared->source_from = pg_atomic_read_u64(&usage_shared->next_batch);
+	usage_shared->source_from = pg_atomic_read_u64(&usage_shared->next_batch) << BATCH_RANDOM_BITS;
 	LWLockRelease(usage_shared->lock);
 }
 

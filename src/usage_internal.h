@@ -58,8 +58,8 @@ typedef struct UsageShared
 	 */
 	pg_uuid_t	source;
 	pg_uuid_t	prev_source;
-	uint64		source_from;
-	pg_atomic_uint64 next_batch;
+	uint64		source_from;	/* a batch number */
+	pg_atomic_uint64 next_batch;	/* a sequence: see BATCH_RANDOM_BITS */
 	pg_atomic_uint64 dropped;	/* counts a standby could not keep (table full) */
 } UsageShared;
 
@@ -86,6 +86,14 @@ usage_entry_remove(UsageEntry *entry)
 
 /* Sets up a new entry's counters (exclusive lock held, or the postmaster alone). */
 extern void usage_entry_init(UsageEntry *entry);
+
+/*
+ * A batch's number is the next of a sequence, shifted left by this many
+ * bits, which are random: two servers with one source id (a copied data
+ * directory) give their batches different numbers, so the primary tells a
+ * batch sent again from another server's (usage_apply.c).
+ */
+#define BATCH_RANDOM_BITS		16
 
 /* How long after a backend last waited for room the table counts as full. */
 #define PRESSURE_USECS			(5 * USECS_PER_SEC)

@@ -194,21 +194,25 @@ is(sql($twin, $db, 'SELECT apikeys.flush_usage()'), 't', 'and so does its twin')
 is(sql($primary, $db, "SELECT sum(calls) FROM apikeys.usage WHERE key_id = '$twin_id'"), '17',
 	'the primary has the calls of both (10 + 7): the batch sent again by the second is a conflict, not a duplicate');
 
-for my $round (1 .. 3)
+for my $round (1 .. 8)
 {
 	validate_n($standby, $db, $twin_key, 10);
 	is(sql($standby, $db, 'SELECT apikeys.flush_usage()'), 't', "round $round: the standby ships");
 	validate_n($twin, $db, $twin_key, 7);
 	is(sql($twin, $db, 'SELECT apikeys.flush_usage()'), 't', "round $round: its twin ships");
 }
-is(sql($primary, $db, "SELECT sum(calls) FROM apikeys.usage WHERE key_id = '$twin_id'"), '68',
-	'the primary has every call of both (17 + 3 x 10 + 3 x 7)');
-isnt(sql($twin, $db, 'SELECT source FROM apikeys.apikey_standby_status()'),
-	sql($standby, $db, 'SELECT source FROM apikeys.apikey_standby_status()'),
-	'one of them took a new source id');
-ok(slurp_file($standby->logfile) . slurp_file($twin->logfile)
-	  =~ /WARNING:  apikeys: the primary has batch \d+ of source \S+ from another server/,
-	'and said why, with a WARNING');
+is(sql($primary, $db, "SELECT sum(calls) FROM apikeys.usage WHERE key_id = '$twin_id'"), '153',
+	'the primary has every call of both (17 + 8 x 10 + 8 x 7)');
+# Their batch numbers carry random low bits: the primary applies whichever
+# comes with a higher number, and finds a conflict in the first that comes
+# lower (once in two, at each number both send), when that one takes a new
+# source id.
+my $switched = sql($twin, $db, 'SELECT source FROM apikeys.apikey_standby_status()')
+	ne sql($standby, $db, 'SELECT source FROM apikeys.apikey_standby_status()');
+my $warned = (slurp_file($standby->logfile) . slurp_file($twin->logfile)
+	  =~ /WARNING:  apikeys: the primary has batch \d+ of source \S+ from another server/) ? 1 : 0;
+is($warned, $switched ? 1 : 0, 'a source id changed exactly when a conflict was logged');
+diag($switched ? 'one twin took a new source id' : 'the twins never sent a lower number (1 run in about 500)');
 $twin->stop('fast');
 
 # ---------------------------------------------------------------------------
