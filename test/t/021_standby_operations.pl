@@ -154,6 +154,34 @@ ok(defined $done, 'replay resumes and replays the DROP');
 cmp_ok($took, '<', 15, sprintf('without waiting for the worker (%.2fs)', $took));
 
 # ---------------------------------------------------------------------------
+# 2b. A batch the primary applied, still unconfirmed at a clean stop, and a
+# restart with a smaller table that cannot restore all of it: sent again
+# with fewer counters, it must still be a duplicate, not applied again
+# ---------------------------------------------------------------------------
+$standby->append_conf('postgresql.conf', 'apikeys.max_tracked_keys = 200');
+$standby->restart;
+sql($primary, $db, q{CREATE TABLE public.shrink_keys AS
+	SELECT g AS n, k.key FROM generate_series(1, 150) AS g,
+	LATERAL apikeys.apikey_create(owner => 'shrink', name => 'shrink ' || g) AS k});
+$primary->wait_for_catchup($standby);
+my $shrunk = q{SELECT coalesce(sum(u.calls), 0) FROM apikeys.usage u
+	JOIN apikeys.keys k ON k.id = u.key_id WHERE k.owner = 'shrink'};
+sql($standby, $db, 'SELECT count(apikeys.apikey_validate(key)) FROM public.shrink_keys');
+is(sql($standby, $db, 'SELECT apikeys.flush_usage()'), 't', '150 keys validated and shipped');
+sql($standby, $db, 'SELECT pg_wal_replay_pause()');
+sql($standby, $db, 'SELECT count(apikeys.apikey_validate(key)) FROM public.shrink_keys');
+$done = wait_until($primary, $db, $shrunk, '300', 30);
+ok(defined $done, 'with replay paused, their second calls reach the primary (unconfirmed on the standby)');
+$standby->stop('fast');
+$standby->append_conf('postgresql.conf', 'apikeys.max_tracked_keys = 100');
+$standby->start;
+ok(slurp_file($standby->logfile) =~ /dropped the unflushed counts of \d+ keys at startup/,
+	'the restart could not restore all its counters (a table of 100)');
+is(sql($standby, $db, 'SELECT apikeys.flush_usage()'), 't', 'the standby ships');
+sleep(1);
+is(sql($primary, $db, $shrunk), '300', 'the batch sent again was a duplicate: 300 calls, not 400');
+
+# ---------------------------------------------------------------------------
 # 3. Two standbys from one cold copy: one source id, found out
 # ---------------------------------------------------------------------------
 # nothing pending at the stop, so that neither ships before the check below
