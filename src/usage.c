@@ -13,7 +13,7 @@
  *	  max_tracked_keys entries, evict drained entries (below) in the same
  *	  critical section; only if none is drained, release, wake the workers,
  *	  and sleep on the 'room' condition variable until a flush has drained
- *	  some.  The count is never dropped.
+ *	  some.  The count is never dropped (on a hot standby it may be: below).
  *	- To read counters for a flush, subtract what a flush wrote, or remove
  *	  entries: lock exclusive.  flushed_last_used, creator_xid and the flush
  *	  mark are written only under the exclusive lock (usage_pending reads
