@@ -69,7 +69,6 @@ PG_FUNCTION_INFO_V1(apikey_standby_status);
 #define LOG_EVERY_USECS			(60 * USECS_PER_SEC)
 
 static PGconn *conn = NULL;
-static char *conn_string = NULL;	/* what conn was made from, to see a change */
 
 /* Rate-limited logging of failures. */
 static TimestampTz last_logged = 0;
@@ -245,7 +244,7 @@ wait_socket(int events, long timeout, bool *ready)
  */
 static bool
 ship_conninfo(const char *dbname, const char ***keys, const char ***vals,
-			  char **flat, char **target, char **error)
+			  char **target, char **error)
 {
 	const char *source = apikeys_primary_conninfo;
 	PQconninfoOption *opts;
@@ -254,7 +253,6 @@ ship_conninfo(const char *dbname, const char ***keys, const char ***vals,
 	int			n = 0;
 	bool		has_appname = false;
 	bool		has_timeout = false;
-	StringInfoData flat_buf;
 	StringInfoData target_buf;
 
 	if (source == NULL || source[0] == '\0')
@@ -279,7 +277,6 @@ ship_conninfo(const char *dbname, const char ***keys, const char ***vals,
 		n++;
 	*keys = palloc0(sizeof(char *) * (n + 4));
 	*vals = palloc0(sizeof(char *) * (n + 4));
-	initStringInfo(&flat_buf);
 	initStringInfo(&target_buf);
 	n = 0;
 	for (opt = opts; opt->keyword; opt++)
@@ -292,7 +289,6 @@ ship_conninfo(const char *dbname, const char ***keys, const char ***vals,
 		(*keys)[n] = pstrdup(opt->keyword);
 		(*vals)[n] = pstrdup(opt->val);
 		n++;
-		appendStringInfo(&flat_buf, "%s=%s\n", opt->keyword, opt->val);
 		/* where it goes, never a secret */
 		if (strcmp(opt->keyword, "host") == 0 || strcmp(opt->keyword, "hostaddr") == 0 ||
 			strcmp(opt->keyword, "port") == 0 || strcmp(opt->keyword, "user") == 0 ||
@@ -315,19 +311,16 @@ ship_conninfo(const char *dbname, const char ***keys, const char ***vals,
 		(*keys)[n] = "connect_timeout";
 		(*vals)[n++] = DEFAULT_CONNECT_TIMEOUT;
 	}
-	appendStringInfo(&flat_buf, "dbname=%s\n", dbname);
-	*flat = flat_buf.data;
 	*target = target_buf.data;
 	return true;
 }
 
-/* Connects to the primary unless connected to what the settings say. */
+/* Connects to the primary, unless this round is connected already. */
 static ShipResult
 ship_connect(const char *dbname)
 {
 	const char **keys;
 	const char **vals;
-	char	   *flat;
 	char	   *target;
 	char	   *error;
 	int			timeout_s = 0;
@@ -336,21 +329,17 @@ ship_connect(const char *dbname)
 	PGresult   *res;
 	ShipResult	r;
 
-	if (!ship_conninfo(dbname, &keys, &vals, &flat, &target, &error))
+	if (!ship_conninfo(dbname, &keys, &vals, &target, &error))
 	{
 		ship_disconnect();
 		ship_failed(error, NULL);
 		return SHIP_FAILED;
 	}
 	STATUS_UPDATE(status_text(status_slot->ship.target, target));
-	if (conn && conn_string && strcmp(conn_string, flat) == 0 &&
-		PQstatus(conn) == CONNECTION_OK)
+	/* within one round (ship_usage closes it after), the same connection */
+	if (conn && PQstatus(conn) == CONNECTION_OK)
 		return SHIP_OK;
-
 	ship_disconnect();
-	if (conn_string)
-		pfree(conn_string);
-	conn_string = MemoryContextStrdup(TopMemoryContext, flat);
 
 	for (int i = 0; keys[i]; i++)
 		if (strcmp(keys[i], "connect_timeout") == 0)

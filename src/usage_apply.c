@@ -157,6 +157,22 @@ usage_apply(const UsageDelta *deltas, int n, bool *matched, bool *last_used_done
 	apply_arrays(arrays, n, matched, last_used_done);
 }
 
+/* The sum of an int8 array's elements whose counter was matched. */
+static int64
+sum_matched(Datum array, const bool *matched, int n)
+{
+	Datum	   *elems;
+	int			nelems;
+	int64		sum = 0;
+
+	deconstruct_array(DatumGetArrayTypeP(array), INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, NULL, &nelems);
+	for (int i = 0; i < n; i++)
+		if (matched[i])
+			sum += DatumGetInt64(elems[i]);
+	return sum;
+}
+
 /*
  * Applies batch number batch of source (named standby), given as five
  * arrays of n counters, unless it was applied before (SPI connected, in the
@@ -179,10 +195,6 @@ apply_batch(Datum source, Datum standby, int64 batch, Datum *arrays, int n,
 	Datum		done_args[4];
 	bool		isnull;
 	int64		last;
-	int64		calls = 0;
-	int64		rejected = 0;
-	Datum	   *elems;
-	int			nelems;
 	BatchOutcome outcome;
 
 	/* the source's row, locked: one batch of a standby at a time */
@@ -219,21 +231,10 @@ apply_batch(Datum source, Datum standby, int64 batch, Datum *arrays, int n,
 	apply_arrays(arrays, n, matched, last_used_done);
 
 	/* what was applied, for the source's row */
-	deconstruct_array(DatumGetArrayTypeP(arrays[2]), INT8OID, 8, FLOAT8PASSBYVAL,
-					  TYPALIGN_DOUBLE, &elems, NULL, &nelems);
-	for (int i = 0; i < n; i++)
-		if (matched[i])
-			calls += DatumGetInt64(elems[i]);
-	deconstruct_array(DatumGetArrayTypeP(arrays[3]), INT8OID, 8, FLOAT8PASSBYVAL,
-					  TYPALIGN_DOUBLE, &elems, NULL, &nelems);
-	for (int i = 0; i < n; i++)
-		if (matched[i])
-			rejected += DatumGetInt64(elems[i]);
-
 	done_args[0] = source;
 	done_args[1] = Int64GetDatum(batch);
-	done_args[2] = Int64GetDatum(calls);
-	done_args[3] = Int64GetDatum(rejected);
+	done_args[2] = Int64GetDatum(sum_matched(arrays[2], matched, n));
+	done_args[3] = Int64GetDatum(sum_matched(arrays[3], matched, n));
 	if (SPI_execute_with_args("UPDATE apikeys.standby_batches"
 							  " SET last_batch = $2,"
 							  "     batches = batches OPERATOR(pg_catalog.+) 1,"

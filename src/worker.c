@@ -28,6 +28,7 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
@@ -46,6 +47,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -208,6 +210,13 @@ expiry_body(void *arg)
 		elog(ERROR, "could not expire api keys");
 }
 
+/* True if schema apikeys has table name (0.1's schema lacks 0.2's tables). */
+static bool
+has_table(const char *name)
+{
+	return OidIsValid(get_relname_relid(name, get_namespace_oid("apikeys", false)));
+}
+
 /* Deletes usage rows older than apikeys.usage_retention_days (SPI connected). */
 static void
 retention_body(void *arg)
@@ -222,10 +231,7 @@ retention_body(void *arg)
 							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not apply usage retention");
 	/* per-key credit spend (a database still on 0.1's schema has none) */
-	if (SPI_execute("SELECT 1 WHERE pg_catalog.to_regclass('apikeys.credit_usage') IS NOT NULL",
-					true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up apikeys.credit_usage");
-	if (SPI_processed == 1 &&
+	if (has_table("credit_usage") &&
 		SPI_execute_with_args("DELETE FROM apikeys.credit_usage u"
 							  " WHERE u.day OPERATOR(pg_catalog.<)"
 							  "  (pg_catalog.timezone('UTC', pg_catalog.now())::pg_catalog.date"
@@ -237,10 +243,7 @@ retention_body(void *arg)
 	 * Standbys silent for as long: a batch one of them still holds would be
 	 * applied again (docs/standbys.md).
 	 */
-	if (SPI_execute("SELECT 1 WHERE pg_catalog.to_regclass('apikeys.standby_batches') IS NOT NULL",
-					true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up apikeys.standby_batches");
-	if (SPI_processed == 1 &&
+	if (has_table("standby_batches") &&
 		SPI_execute_with_args("DELETE FROM apikeys.standby_batches b"
 							  " WHERE COALESCE(b.last_batch_at, b.first_batch_at)"
 							  "  OPERATOR(pg_catalog.<) (pg_catalog.now()"
